@@ -1,0 +1,246 @@
+/*
+ * internal.h - types shared by upager's subsystems. Not installed.
+ *
+ * Naming: public symbols are upager_*, internal non-static ones upager__*.
+ * Ownership in one line each (docs/design.md has the full rules):
+ *  - runtime.c owns upager_t, the region table and the public entry points.
+ *  - manager.c owns the userfaultfd read loop (one thread).
+ *  - worker.c owns the worker threads and their io_uring instances.
+ *  - queue.c owns the two bounded queues between them.
+ *  - uffd.c is the only file that issues userfaultfd ioctls.
+ */
+#ifndef UPAGER_INTERNAL_H
+#define UPAGER_INTERNAL_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "upager.h"
+
+#define UPAGER__HIDDEN __attribute__((visibility("hidden")))
+
+/* ---- stores ---- */
+
+enum upager__store_kind {
+	UPAGER__STORE_FILE = 1,
+	UPAGER__STORE_CUSTOM = 2,
+};
+
+struct upager_store {
+	atomic_uint refs;
+	enum upager__store_kind kind;
+	int fd;         /* file store */
+	unsigned flags; /* UPAGER_STORE_* */
+	struct upager_store_ops ops; /* custom store */
+	void *ctx;
+};
+
+/* Bytes the store holds, or UINT64_MAX when it has no end. */
+int upager__store_size(upager_store_t *s, uint64_t *size) UPAGER__HIDDEN;
+void upager__store_ref(upager_store_t *s) UPAGER__HIDDEN;
+
+/* ---- per-unit state: one byte per install unit ---- */
+
+enum {
+	UNIT_EMPTY = 0,    /* not present: a fault must fetch it */
+	UNIT_QUEUED = 1,   /* in the prefetch queue, no read started */
+	UNIT_FETCHING = 2, /* a worker owns it: read or install in flight */
+	UNIT_PRESENT = 3,  /* installed (or poisoned after a read error) */
+};
+
+static inline uint8_t unit_get(const uint8_t *st, size_t u)
+{
+	return __atomic_load_n(&st[u], __ATOMIC_ACQUIRE);
+}
+
+static inline void unit_set(uint8_t *st, size_t u, uint8_t v)
+{
+	__atomic_store_n(&st[u], v, __ATOMIC_RELEASE);
+}
+
+static inline bool unit_cas(uint8_t *st, size_t u, uint8_t from, uint8_t to)
+{
+	return __atomic_compare_exchange_n(&st[u], &from, to, false,
+					   __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+
+/* ---- statistics ---- */
+
+struct upager__counters {
+	atomic_uint_fast64_t faults;
+	atomic_uint_fast64_t installed;
+	atomic_uint_fast64_t bytes_fetched;
+	atomic_uint_fast64_t prefetched;
+	atomic_uint_fast64_t zero;
+	atomic_uint_fast64_t read_errors;
+	atomic_uint_fast64_t retries;
+	atomic_uint_fast64_t hist[UPAGER_HIST_BUCKETS];
+};
+
+void upager__hist_add(struct upager__counters *c, uint64_t ns) UPAGER__HIDDEN;
+void upager__counters_add_to(const struct upager__counters *c,
+			     struct upager_stats *out) UPAGER__HIDDEN;
+void upager__counters_fold(struct upager__counters *dst,
+			   const struct upager__counters *src) UPAGER__HIDDEN;
+
+#define CNT_INC(c, f, n) atomic_fetch_add_explicit(&(c)->f, (n), memory_order_relaxed)
+
+/* ---- regions ---- */
+
+struct upager__region {
+	upager_t *up;
+	uintptr_t base;       /* first byte; aligned to page_size */
+	size_t span;          /* reserved bytes: nunits * page_size */
+	size_t length;        /* bytes the user asked for */
+	uint64_t offset;      /* store offset of byte 0 */
+	uint64_t data_end;    /* region bytes [0, data_end) come from the store */
+	size_t page_size;
+	unsigned page_shift;
+	size_t nunits;
+	uint8_t *state;       /* nunits bytes, UNIT_* */
+	upager_store_t *store;
+
+	/* Table reference plus one per queue entry or in-flight fetch. */
+	atomic_uint refs;
+	atomic_bool dead;     /* upager_unmap has started */
+	atomic_bool app_unmapped; /* the application munmapped the whole range */
+
+	/* Readahead, touched by the manager only (advice: any thread). */
+	size_t ra_units;      /* window from the map options */
+	atomic_int advice;    /* UPAGER_ADV_NORMAL/SEQUENTIAL/RANDOM */
+	size_t last_fault;
+	size_t ra_next;       /* first unit the window has not queued yet */
+
+	struct upager__counters cnt;
+};
+
+void upager__region_put(struct upager__region *r) UPAGER__HIDDEN;
+/* Table edits; caller holds table_lock for writing. */
+int upager__table_insert(upager_t *up, struct upager__region *r) UPAGER__HIDDEN;
+bool upager__table_remove(upager_t *up, struct upager__region *r) UPAGER__HIDDEN;
+/* Region containing addr; caller holds up->table_lock (read). */
+struct upager__region *upager__lookup(upager_t *up, uintptr_t addr) UPAGER__HIDDEN;
+/* Units [first, first+count) that hold region bytes [a, b). */
+void upager__units_of(const struct upager__region *r, uintptr_t a, uintptr_t b,
+		      size_t *first, size_t *count) UPAGER__HIDDEN;
+
+/* ---- queues (queue.c) ---- */
+
+/* A demand fetch: a thread is waiting on this unit. */
+struct upager__req {
+	struct upager__region *r;
+	size_t unit;
+	uint64_t t0;     /* CLOCK_MONOTONIC ns when the fault was read */
+	uint32_t tid;    /* faulting thread (0 if unknown) */
+};
+
+/* A prefetch batch: units [first, first+count) marked UNIT_QUEUED. */
+struct upager__pf {
+	struct upager__region *r;
+	size_t first;
+	uint32_t count;
+};
+
+#define UPAGER__PF_CHUNK 64u
+
+struct upager__ring {
+	void *slots;
+	size_t elem;
+	uint32_t cap, head, count;
+};
+
+int upager__ring_init(struct upager__ring *q, uint32_t cap, size_t elem) UPAGER__HIDDEN;
+void upager__ring_free(struct upager__ring *q) UPAGER__HIDDEN;
+bool upager__ring_push(struct upager__ring *q, const void *e) UPAGER__HIDDEN;
+bool upager__ring_pop(struct upager__ring *q, void *e) UPAGER__HIDDEN;
+
+/* ---- workers (worker.c) ---- */
+
+struct upager__worker;
+int upager__workers_start(upager_t *up) UPAGER__HIDDEN;
+void upager__workers_stop(upager_t *up) UPAGER__HIDDEN;
+/* Wakes up to n sleeping workers after work was queued. */
+void upager__workers_kick(upager_t *up, unsigned n) UPAGER__HIDDEN;
+
+/* ---- manager (manager.c) ---- */
+
+void *upager__manager_main(void *arg) UPAGER__HIDDEN;
+/* Queues units [first, first+count) of r for prefetch; units not EMPTY are
+ * skipped. wait: block while the queue is full (else drop what does not
+ * fit). Caller must keep r alive. Returns units queued. */
+size_t upager__prefetch(upager_t *up, struct upager__region *r, size_t first,
+			size_t count, bool wait) UPAGER__HIDDEN;
+
+/* ---- userfaultfd layer (uffd.c) ---- */
+
+struct upager__uffd_caps {
+	uint64_t features;
+	bool poison;
+	bool move;
+	bool thread_id;
+};
+
+int upager__uffd_open(int *fd, struct upager__uffd_caps *caps) UPAGER__HIDDEN;
+int upager__uffd_register(int fd, uintptr_t base, size_t len) UPAGER__HIDDEN;
+int upager__uffd_unregister(int fd, uintptr_t base, size_t len) UPAGER__HIDDEN;
+int upager__uffd_wake(int fd, uintptr_t base, size_t len) UPAGER__HIDDEN;
+/* One ioctl each; *done gets the bytes handled before the error (never a
+ * negative errno from the kernel's field). */
+int upager__uffd_copy(int fd, uintptr_t dst, const void *src, size_t len,
+		      size_t *done) UPAGER__HIDDEN;
+int upager__uffd_zero(int fd, uintptr_t dst, size_t len, size_t *done) UPAGER__HIDDEN;
+int upager__uffd_poison(int fd, uintptr_t dst, size_t len, size_t *done) UPAGER__HIDDEN;
+
+/* Installs one unit (src NULL: zeros; poison: UFFDIO_POISON), skipping
+ * pages already present and retrying while the kernel reports the address
+ * space changing. Wakes every waiter in the unit. Returns 0, or -errno
+ * when the range is gone or the runtime stops. */
+enum upager__fill { FILL_COPY, FILL_ZERO, FILL_POISON };
+int upager__install(upager_t *up, struct upager__region *r, size_t unit,
+		    const void *src, enum upager__fill how) UPAGER__HIDDEN;
+
+/* ---- the runtime ---- */
+
+struct upager {
+	int uffd;
+	int ctl_fd;          /* eventfd: wakes the manager to stop */
+	struct upager__uffd_caps caps;
+	unsigned nworkers;
+	unsigned queue_depth;
+	atomic_bool stopping;
+
+	/* Region table: sorted by base; read by the manager, written by
+	 * map/unmap. */
+	pthread_rwlock_t table_lock;
+	struct upager__region **table;
+	size_t nregions, table_cap;
+
+	/* Queues: one lock for both. Workers prefer demand. */
+	pthread_mutex_t qlock;
+	pthread_cond_t space_cv;   /* a slot became free */
+	struct upager__ring demand;
+	struct upager__ring prefetch;
+	/* Entries in each ring, readable without qlock (workers peek before
+	 * locking, and re-check before sleeping). */
+	atomic_uint demand_count;
+	atomic_uint prefetch_count;
+
+	/* Region teardown waits here for refs to drain. */
+	pthread_mutex_t unmap_lock;
+	pthread_cond_t unmap_cv;
+
+	/* Counters of regions since unmapped. */
+	pthread_mutex_t retired_lock;
+	struct upager__counters retired;
+
+	pthread_t manager;
+	bool manager_started;
+	struct upager__worker *workers;
+};
+
+uint64_t upager__now_ns(void) UPAGER__HIDDEN;
+
+#endif /* UPAGER_INTERNAL_H */

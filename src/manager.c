@@ -1,0 +1,320 @@
+/*
+ * manager.c - the manager thread: reads the userfaultfd and dispatches.
+ *
+ * One thread per runtime reads messages in batches and never waits on a
+ * worker while it holds unread events, with one exception stated in
+ * design.md: when the demand queue is full it stops reading (the faulting
+ * threads wait in the kernel) until a worker frees a slot.
+ *
+ * Per message:
+ *  - PAGEFAULT: find the region (binary search) and the unit. EMPTY: mark
+ *    it FETCHING and queue a demand fetch. QUEUED (waiting in the prefetch
+ *    queue): promote it to a demand fetch. FETCHING: nothing, the install
+ *    in flight wakes every waiter of the unit. PRESENT: the fault raced an
+ *    install or the page was dropped behind our back; mincore() tells
+ *    which, and we wake or fetch again. Outside every region: the address
+ *    is not ours to serve, so it is poisoned and the thread gets SIGBUS.
+ *  - REMOVE (madvise DONTNEED/REMOVE): the units touched become EMPTY so
+ *    the next access fetches from the store again.
+ *  - UNMAP: the application unmapped region memory itself; stop tracking.
+ *  - REMAP: a whole region moved: follow it; a partial move: the moved
+ *    part is no longer ours (faults there get SIGBUS).
+ * Reading the message is what lets the kernel finish the madvise/munmap/
+ * mremap and lets installs stop failing with EAGAIN, so non-fault events
+ * are handled inline, never queued.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "compat.h"
+#include "internal.h"
+
+#define BATCH 64
+
+size_t upager__prefetch(upager_t *up, struct upager__region *r, size_t first,
+			size_t count, bool wait)
+{
+	size_t queued = 0, end = first + count;
+	if (end > r->nunits)
+		end = r->nunits;
+	size_t u = first;
+	while (u < end && !atomic_load(&r->dead)) {
+		/* Gather up to one chunk of EMPTY units, starting at the
+		 * first one. */
+		while (u < end && unit_get(r->state, u) != UNIT_EMPTY)
+			u++;
+		if (u == end)
+			break;
+		struct upager__pf pf = { .r = r, .first = u, .count = 0 };
+		while (u < end && pf.count < UPAGER__PF_CHUNK &&
+		       unit_cas(r->state, u, UNIT_EMPTY, UNIT_QUEUED)) {
+			pf.count++;
+			u++;
+		}
+		if (pf.count == 0)
+			continue;
+		atomic_fetch_add(&r->refs, 1);
+		pthread_mutex_lock(&up->qlock);
+		bool ok;
+		while (!(ok = upager__ring_push(&up->prefetch, &pf)) && wait &&
+		       !atomic_load(&up->stopping))
+			pthread_cond_wait(&up->space_cv, &up->qlock);
+		if (ok)
+			atomic_fetch_add(&up->prefetch_count, 1);
+		pthread_mutex_unlock(&up->qlock);
+		if (!ok) {
+			/* Dropped readahead: give the units back. */
+			for (size_t i = 0; i < pf.count; i++)
+				unit_cas(r->state, pf.first + i, UNIT_QUEUED,
+					 UNIT_EMPTY);
+			upager__region_put(r);
+			break;
+		}
+		upager__workers_kick(up, 1);
+		queued += pf.count;
+	}
+	return queued;
+}
+
+struct mgr {
+	upager_t *up;
+	struct upager__req pending[BATCH];
+	unsigned npending;
+	unsigned kicks;
+};
+
+static void flush_demand(struct mgr *m)
+{
+	upager_t *up = m->up;
+	unsigned i = 0;
+	pthread_mutex_lock(&up->qlock);
+	while (i < m->npending) {
+		if (upager__ring_push(&up->demand, &m->pending[i])) {
+			atomic_fetch_add(&up->demand_count, 1);
+			i++;
+			continue;
+		}
+		/* Full: the only place the manager waits on workers. Kick
+		 * them so they drain, and wait for a slot. */
+		pthread_mutex_unlock(&up->qlock);
+		upager__workers_kick(up, up->nworkers);
+		pthread_mutex_lock(&up->qlock);
+		if (atomic_load(&up->stopping))
+			break;
+		if (up->demand.count == up->demand.cap)
+			pthread_cond_wait(&up->space_cv, &up->qlock);
+	}
+	pthread_mutex_unlock(&up->qlock);
+	for (unsigned j = i; j < m->npending; j++) /* stopping: undo */
+		upager__region_put(m->pending[j].r);
+	m->kicks += i;
+	m->npending = 0;
+}
+
+static void queue_demand(struct mgr *m, struct upager__region *r, size_t u,
+			 uint64_t t0, uint32_t tid)
+{
+	if (m->npending == BATCH)
+		flush_demand(m);
+	atomic_fetch_add(&r->refs, 1);
+	m->pending[m->npending++] = (struct upager__req){
+		.r = r, .unit = u, .t0 = t0, .tid = tid,
+	};
+}
+
+/* Readahead on a sequential stream: queue the window beyond unit u. */
+static void readahead(upager_t *up, struct upager__region *r, size_t u)
+{
+	int adv = atomic_load_explicit(&r->advice, memory_order_relaxed);
+	size_t win = r->ra_units;
+	if (adv == UPAGER_ADV_RANDOM)
+		return;
+	if (adv == UPAGER_ADV_SEQUENTIAL && win < 2 * UPAGER__PF_CHUNK)
+		win = 2 * UPAGER__PF_CHUNK;
+	if (win == 0)
+		return;
+	/* Sequential: the next unit, or a unit inside the window already
+	 * queued (the application caught up with it). */
+	bool seq = adv == UPAGER_ADV_SEQUENTIAL ||
+		   u == r->last_fault + 1 ||
+		   (u > r->last_fault && u <= r->ra_next);
+	r->last_fault = u;
+	if (!seq)
+		return;
+	size_t start = u + 1 > r->ra_next ? u + 1 : r->ra_next;
+	size_t end = u + 1 + win;
+	if (end > r->nunits)
+		end = r->nunits;
+	if (start >= end)
+		return;
+	upager__prefetch(up, r, start, end - start, false);
+	r->ra_next = end;
+}
+
+static bool page_resident(uintptr_t page)
+{
+	unsigned char v = 0;
+	if (mincore((void *)page, 4096, &v))
+		return false;
+	return v & 1;
+}
+
+static void on_fault(struct mgr *m, const struct uffd_msg *msg, uint64_t now)
+{
+	upager_t *up = m->up;
+	uintptr_t addr = (uintptr_t)msg->arg.pagefault.address & ~(uintptr_t)4095;
+	uint32_t tid = up->caps.thread_id ? msg->arg.pagefault.feat.ptid : 0;
+	struct upager__region *r = upager__lookup(up, addr);
+	if (!r || atomic_load(&r->dead)) {
+		/* Not a live region of ours: never let it read zeros. */
+		size_t done;
+		if (!r && up->caps.poison)
+			upager__uffd_poison(up->uffd, addr, 4096, &done);
+		else if (!r && tid)
+			syscall(SYS_tgkill, getpid(), (pid_t)tid, SIGBUS);
+		upager__uffd_wake(up->uffd, addr, 4096);
+		return;
+	}
+	CNT_INC(&r->cnt, faults, 1);
+	size_t u = (addr - r->base) >> r->page_shift;
+	for (;;) {
+		uint8_t s = unit_get(r->state, u);
+		if (s == UNIT_EMPTY || s == UNIT_QUEUED) {
+			if (!unit_cas(r->state, u, s, UNIT_FETCHING))
+				continue;
+			queue_demand(m, r, u, now, tid);
+			readahead(up, r, u);
+			return;
+		}
+		if (s == UNIT_FETCHING) {
+			/* The install in flight wakes us; keep the stream's
+			 * readahead going. */
+			readahead(up, r, u);
+			return;
+		}
+		/* PRESENT: a racing install already woke this thread, or
+		 * the page went away (zapped without a REMOVE we saw). */
+		if (page_resident(addr)) {
+			upager__uffd_wake(up->uffd, addr, 4096);
+			return;
+		}
+		if (unit_cas(r->state, u, UNIT_PRESENT, UNIT_FETCHING)) {
+			queue_demand(m, r, u, now, tid);
+			return;
+		}
+	}
+}
+
+/* Units overlapping [a, b) in every region become EMPTY. */
+static void forget_range(upager_t *up, uintptr_t a, uintptr_t b)
+{
+	for (size_t i = 0; i < up->nregions; i++) {
+		struct upager__region *r = up->table[i];
+		if (r->base >= b)
+			break;
+		if (r->base + r->span <= a)
+			continue;
+		size_t f, n;
+		upager__units_of(r, a, b, &f, &n);
+		for (size_t k = 0; k < n; k++)
+			unit_set(r->state, f + k, UNIT_EMPTY);
+		r->ra_next = 0;
+	}
+}
+
+static void on_unmap(upager_t *up, uintptr_t a, uintptr_t b)
+{
+	forget_range(up, a, b);
+	struct upager__region *r = upager__lookup(up, a);
+	if (r && r->base == a && r->base + r->span <= b)
+		atomic_store(&r->app_unmapped, true);
+}
+
+static void on_remap(upager_t *up, uintptr_t from, uintptr_t to, size_t len)
+{
+	struct upager__region *r = upager__lookup(up, from);
+	if (r && r->base == from && len >= r->span) {
+		/* The whole region moved (its registration moved with it):
+		 * follow it. The table is read-locked here; moving an entry
+		 * needs the write lock, so take it. */
+		pthread_rwlock_unlock(&up->table_lock);
+		pthread_rwlock_wrlock(&up->table_lock);
+		if (upager__table_remove(up, r)) {
+			r->base = to;
+			if (upager__table_insert(up, r) != 0) {
+				r->base = from; /* cannot fail after remove:
+						   capacity is unchanged */
+				upager__table_insert(up, r);
+			}
+		}
+		pthread_rwlock_unlock(&up->table_lock);
+		pthread_rwlock_rdlock(&up->table_lock);
+		return;
+	}
+	forget_range(up, from, from + len);
+}
+
+static void dispatch(struct mgr *m, const struct uffd_msg *msgs, size_t n)
+{
+	upager_t *up = m->up;
+	uint64_t now = upager__now_ns();
+	pthread_rwlock_rdlock(&up->table_lock);
+	for (size_t i = 0; i < n; i++) {
+		const struct uffd_msg *msg = &msgs[i];
+		switch (msg->event) {
+		case UFFD_EVENT_PAGEFAULT:
+			on_fault(m, msg, now);
+			break;
+		case UFFD_EVENT_REMOVE:
+			forget_range(up, msg->arg.remove.start,
+				     msg->arg.remove.end);
+			break;
+		case UFFD_EVENT_UNMAP:
+			on_unmap(up, msg->arg.remove.start, msg->arg.remove.end);
+			break;
+		case UFFD_EVENT_REMAP:
+			on_remap(up, msg->arg.remap.from, msg->arg.remap.to,
+				 msg->arg.remap.len);
+			break;
+		default:
+			break; /* FORK is not requested */
+		}
+	}
+	pthread_rwlock_unlock(&up->table_lock);
+	flush_demand(m);
+	if (m->kicks) {
+		upager__workers_kick(up, m->kicks);
+		m->kicks = 0;
+	}
+}
+
+void *upager__manager_main(void *arg)
+{
+	upager_t *up = arg;
+	struct mgr m = { .up = up };
+	struct uffd_msg msgs[BATCH];
+	struct pollfd pfd[2] = {
+		{ .fd = up->uffd, .events = POLLIN },
+		{ .fd = up->ctl_fd, .events = POLLIN },
+	};
+
+	while (!atomic_load(&up->stopping)) {
+		ssize_t n = read(up->uffd, msgs, sizeof(msgs));
+		if (n > 0) {
+			dispatch(&m, msgs, (size_t)n / sizeof(msgs[0]));
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		/* EAGAIN: nothing pending; sleep until there is. */
+		if (poll(pfd, 2, -1) < 0 && errno != EINTR)
+			break;
+	}
+	return NULL;
+}

@@ -1,0 +1,222 @@
+/*
+ * uffd.c - the one thin layer over userfaultfd.
+ *
+ * Every UFFDIO_* ioctl of the library is issued here and its result turned
+ * into 0 / -errno. The kernel's byte-count fields (uffdio_copy.copy and
+ * friends) hold either the bytes handled or a negative errno, and 0 or
+ * -EAGAIN when nothing was handled depending on the kernel version: they
+ * are clamped to a length here so that no caller ever reads an errno as a
+ * length.
+ *
+ * upager__install() implements the install contract (design.md, "kernel
+ * contract"): EEXIST means a page is already there, so it is skipped and
+ * the unit woken; EAGAIN/ENOENT mean the address space is changing and an
+ * event is waiting for the manager to read it, so the install backs off
+ * and retries; ESRCH/ENOSPC mean the address space is gone.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/ioctl.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "compat.h"
+#include "internal.h"
+
+#ifndef USERFAULTFD_IOC_NEW
+#define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00)
+#endif
+
+/* Features upager cannot work without, and ones it uses when offered. */
+#define NEED_FEATURES (UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP | \
+		       UFFD_FEATURE_EVENT_REMAP)
+#define WANT_FEATURES (UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_POISON | \
+		       UFFD_FEATURE_MOVE)
+
+static int uffd_new(void)
+{
+	/* Not UFFD_USER_MODE_ONLY: faults raised from kernel mode (a KVM
+	 * guest, a read() into the region) must reach the handler too. */
+	int fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC | O_NONBLOCK);
+	if (fd >= 0)
+		return fd;
+	int err = errno;
+	if (err != EPERM && err != ENOSYS)
+		return -err;
+	/* vm.unprivileged_userfaultfd=0: /dev/userfaultfd grants access
+	 * through its file permissions instead. */
+	int dev = open("/dev/userfaultfd", O_RDWR | O_CLOEXEC);
+	if (dev < 0)
+		return -err;
+	fd = ioctl(dev, USERFAULTFD_IOC_NEW, O_CLOEXEC | O_NONBLOCK);
+	int err2 = errno;
+	close(dev);
+	return fd >= 0 ? fd : -err2;
+}
+
+int upager__uffd_open(int *out, struct upager__uffd_caps *caps)
+{
+	/* A descriptor accepts one UFFDIO_API: probe on a throwaway one. */
+	int probe = uffd_new();
+	if (probe < 0)
+		return probe;
+	struct uffdio_api api = { .api = UFFD_API, .features = 0 };
+	int rc = ioctl(probe, UFFDIO_API, &api) ? -errno : 0;
+	close(probe);
+	if (rc)
+		return rc;
+	if ((api.features & NEED_FEATURES) != NEED_FEATURES)
+		return -EOPNOTSUPP;
+
+	int fd = uffd_new();
+	if (fd < 0)
+		return fd;
+	uint64_t want = NEED_FEATURES | (api.features & WANT_FEATURES);
+	struct uffdio_api api2 = { .api = UFFD_API, .features = want };
+	if (ioctl(fd, UFFDIO_API, &api2)) {
+		rc = -errno;
+		close(fd);
+		return rc;
+	}
+	caps->features = api2.features;
+	caps->poison = !!(api2.features & UFFD_FEATURE_POISON);
+	caps->move = !!(api2.features & UFFD_FEATURE_MOVE);
+	caps->thread_id = !!(api2.features & UFFD_FEATURE_THREAD_ID);
+	*out = fd;
+	return 0;
+}
+
+int upager__uffd_register(int fd, uintptr_t base, size_t len)
+{
+	struct uffdio_register reg = {
+		.range = { .start = base, .len = len },
+		.mode = UFFDIO_REGISTER_MODE_MISSING,
+	};
+	if (ioctl(fd, UFFDIO_REGISTER, &reg))
+		return -errno;
+	const uint64_t need = (1ULL << _UFFDIO_COPY) | (1ULL << _UFFDIO_ZEROPAGE) |
+			      (1ULL << _UFFDIO_WAKE);
+	if ((reg.ioctls & need) != need) {
+		upager__uffd_unregister(fd, base, len);
+		return -EOPNOTSUPP;
+	}
+	return 0;
+}
+
+int upager__uffd_unregister(int fd, uintptr_t base, size_t len)
+{
+	struct uffdio_range r = { .start = base, .len = len };
+	return ioctl(fd, UFFDIO_UNREGISTER, &r) ? -errno : 0;
+}
+
+int upager__uffd_wake(int fd, uintptr_t base, size_t len)
+{
+	struct uffdio_range r = { .start = base, .len = len };
+	return ioctl(fd, UFFDIO_WAKE, &r) ? -errno : 0;
+}
+
+static size_t clamp_done(int64_t v)
+{
+	return v > 0 ? (size_t)v : 0;
+}
+
+int upager__uffd_copy(int fd, uintptr_t dst, const void *src, size_t len,
+		      size_t *done)
+{
+	struct uffdio_copy c = {
+		.dst = dst, .src = (uintptr_t)src, .len = len, .mode = 0,
+	};
+	int rc = ioctl(fd, UFFDIO_COPY, &c) ? -errno : 0;
+	*done = rc ? clamp_done(c.copy) : len;
+	return rc;
+}
+
+int upager__uffd_zero(int fd, uintptr_t dst, size_t len, size_t *done)
+{
+	struct uffdio_zeropage z = { .range = { .start = dst, .len = len } };
+	int rc = ioctl(fd, UFFDIO_ZEROPAGE, &z) ? -errno : 0;
+	*done = rc ? clamp_done(z.zeropage) : len;
+	return rc;
+}
+
+int upager__uffd_poison(int fd, uintptr_t dst, size_t len, size_t *done)
+{
+	struct uffdio_poison p = { .range = { .start = dst, .len = len } };
+	int rc = ioctl(fd, UFFDIO_POISON, &p) ? -errno : 0;
+	*done = rc ? clamp_done(p.updated) : len;
+	return rc;
+}
+
+static void backoff(unsigned *us)
+{
+	struct timespec ts = { 0, (long)*us * 1000 };
+	nanosleep(&ts, NULL);
+	if (*us < 1000)
+		*us *= 2;
+}
+
+#define PAGE 4096u
+
+int upager__install(upager_t *up, struct upager__region *r, size_t unit,
+		    const void *src, enum upager__fill how)
+{
+	uintptr_t dst = r->base + (unit << r->page_shift);
+	size_t len = r->page_size, off = 0;
+	unsigned delay = 2, enoent = 0;
+	bool skipped = false;
+	int rc = 0;
+
+	while (off < len) {
+		size_t done = 0;
+		switch (how) {
+		case FILL_COPY:
+			rc = upager__uffd_copy(up->uffd, dst + off,
+					       (const char *)src + off,
+					       len - off, &done);
+			break;
+		case FILL_ZERO:
+			rc = upager__uffd_zero(up->uffd, dst + off, len - off,
+					       &done);
+			break;
+		case FILL_POISON:
+			rc = upager__uffd_poison(up->uffd, dst + off,
+						 len - off, &done);
+			break;
+		}
+		off += done;
+		if (rc == 0)
+			break;
+		if (done > 0)
+			continue; /* partial progress: carry on from there */
+		if (rc == -EEXIST) {
+			/* A racing install or a page the application kept:
+			 * leave it, fill the rest. */
+			off += PAGE;
+			skipped = true;
+			continue;
+		}
+		if (rc == -EAGAIN || rc == -ENOENT) {
+			/* An event (REMOVE, UNMAP, REMAP) is unread or the
+			 * layout changed mid-copy: the manager will drain
+			 * it; retry unless the region is going away. */
+			if (atomic_load(&r->dead) || atomic_load(&up->stopping))
+				return -ECANCELED;
+			if (rc == -ENOENT && ++enoent > 64)
+				return rc; /* the range is no longer there */
+			CNT_INC(&r->cnt, retries, 1);
+			backoff(&delay);
+			continue;
+		}
+		/* ESRCH, ENOSPC: the address space is gone; anything else
+		 * is a bug we report rather than loop on. */
+		return rc;
+	}
+	/* Copies wake the range they filled; pages skipped as present may
+	 * still have waiters that only a wake releases. */
+	if (skipped)
+		upager__uffd_wake(up->uffd, dst, len);
+	return 0;
+}

@@ -1,0 +1,564 @@
+/*
+ * worker.c - worker threads: fetch units from the store and install them.
+ *
+ * Each worker owns one io_uring instance and a fixed set of read slots
+ * (at most queue_depth, and at most WORKER_BYTES of buffers in flight), so
+ * a worker's memory is bounded whatever the load. It takes demand fetches
+ * first, then prefetch batches, keeps as many reads in flight as it has
+ * slots, and installs each unit as its read completes.
+ *
+ * Sleeping: a worker blocks only inside io_uring_submit_and_wait(), with a
+ * read on its eventfd always armed in the ring. Before blocking it sets
+ * `sleeping` and re-checks the queues; the manager, after queueing work,
+ * writes the eventfd of workers that had set it. With sequentially
+ * consistent atomics on both sides no wake-up is lost.
+ *
+ * Custom stores are read synchronously by the worker (their callbacks may
+ * block); file stores go through the ring.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <liburing.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define WORKER_BYTES (8u << 20) /* buffer bytes in flight per worker */
+#define ALIGN 4096u
+#define EFD_TAG 0ull
+
+struct slot {
+	struct upager__region *r;
+	size_t unit;
+	uint64_t t0;
+	uint32_t tid;
+	bool demand;
+	char *buf;      /* page aligned, cap bytes */
+	size_t cap;
+	uint64_t foff;  /* file offset of buf[0] */
+	size_t skip;    /* unit data starts at buf + skip */
+	size_t want;    /* store bytes in the unit */
+	size_t io_len;  /* bytes to read from foff */
+	size_t got;
+	int next_free;
+};
+
+struct upager__worker {
+	upager_t *up;
+	pthread_t thr;
+	bool started;
+	bool ring_ok;
+	struct io_uring ring;
+	int efd;
+	uint64_t efd_val;
+	bool efd_armed;
+	atomic_int sleeping;
+	struct slot *slots;
+	unsigned nslots;
+	int free_head;
+	unsigned inflight;
+	size_t inflight_bytes;
+	struct upager__req held; /* demand fetch taken, waiting for a slot */
+	bool has_held;
+	struct upager__pf cur; /* prefetch batch being worked through */
+	bool cur_valid;
+	char *scratch;         /* custom-store and zero-fill buffer */
+	size_t scratch_cap;
+};
+
+static size_t round_up(size_t v, size_t a)
+{
+	return (v + a - 1) & ~(a - 1);
+}
+
+static int ensure_buf(char **buf, size_t *cap, size_t need)
+{
+	if (*cap >= need)
+		return 0;
+	if (*buf)
+		munmap(*buf, *cap);
+	*buf = NULL;
+	*cap = 0;
+	void *p = mmap(NULL, need, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED)
+		return -ENOMEM;
+	*buf = p;
+	*cap = need;
+	return 0;
+}
+
+static bool all_zero(const char *p, size_t n)
+{
+	return n == 0 || (p[0] == 0 && memcmp(p, p + 1, n - 1) == 0);
+}
+
+/* Bytes of store data in unit u (the rest of the unit reads as zeros). */
+static size_t unit_want(const struct upager__region *r, size_t u)
+{
+	uint64_t start = (uint64_t)u << r->page_shift;
+	if (start >= r->data_end)
+		return 0;
+	uint64_t n = r->data_end - start;
+	return n < r->page_size ? (size_t)n : r->page_size;
+}
+
+/* ---- finishing a fetch ---- */
+
+static void fail_unit(upager_t *up, struct upager__region *r, size_t u,
+		      bool demand, uint32_t tid)
+{
+	CNT_INC(&r->cnt, read_errors, 1);
+	if (!demand) {
+		/* A failed prefetch costs nothing: the fault will try
+		 * again and report the error then. */
+		unit_cas(r->state, u, UNIT_FETCHING, UNIT_EMPTY);
+		return;
+	}
+	if (up->caps.poison &&
+	    upager__install(up, r, u, NULL, FILL_POISON) == 0) {
+		unit_cas(r->state, u, UNIT_FETCHING, UNIT_PRESENT);
+		return;
+	}
+	/* No UFFDIO_POISON (kernel < 6.6): signal the faulting thread,
+	 * then release the unit's waiters so that they fault again and
+	 * meet the error themselves. */
+	if (tid)
+		syscall(SYS_tgkill, getpid(), (pid_t)tid, SIGBUS);
+	unit_cas(r->state, u, UNIT_FETCHING, UNIT_EMPTY);
+	upager__uffd_wake(up->uffd, r->base + (u << r->page_shift),
+			  r->page_size);
+}
+
+/* data: page_size bytes to install (store bytes then zeros). */
+static void finish(struct upager__worker *w, struct upager__region *r,
+		   size_t u, bool demand, uint64_t t0, const char *data,
+		   size_t want)
+{
+	upager_t *up = w->up;
+	if (!atomic_load(&r->dead)) {
+		bool zero = all_zero(data, want);
+		int rc = upager__install(up, r, u, zero ? NULL : data,
+					 zero ? FILL_ZERO : FILL_COPY);
+		if (rc == 0) {
+			unit_cas(r->state, u, UNIT_FETCHING, UNIT_PRESENT);
+			CNT_INC(&r->cnt, installed, 1);
+			if (zero)
+				CNT_INC(&r->cnt, zero, 1);
+			if (demand)
+				upager__hist_add(&r->cnt, upager__now_ns() - t0);
+			else
+				CNT_INC(&r->cnt, prefetched, 1);
+		} else {
+			/* The range is gone or going: nobody can be
+			 * waiting on it any more. */
+			unit_cas(r->state, u, UNIT_FETCHING, UNIT_EMPTY);
+		}
+	}
+	upager__region_put(r);
+}
+
+/* ---- starting a fetch ---- */
+
+static int scratch_for(struct upager__worker *w, size_t need)
+{
+	return ensure_buf(&w->scratch, &w->scratch_cap, round_up(need, ALIGN));
+}
+
+static void run_custom(struct upager__worker *w, struct upager__region *r,
+		       size_t u, bool demand, uint64_t t0, uint32_t tid,
+		       size_t want)
+{
+	upager_store_t *s = r->store;
+	if (scratch_for(w, r->page_size)) {
+		fail_unit(w->up, r, u, demand, tid);
+		upager__region_put(r);
+		return;
+	}
+	int rc = 0;
+	if (want)
+		rc = s->ops.read(s->ctx, w->scratch, want,
+				 r->offset + ((uint64_t)u << r->page_shift));
+	if (rc < 0 || rc > 0) {
+		fail_unit(w->up, r, u, demand, tid);
+		upager__region_put(r);
+		return;
+	}
+	CNT_INC(&r->cnt, bytes_fetched, want);
+	memset(w->scratch + want, 0, r->page_size - want);
+	finish(w, r, u, demand, t0, w->scratch, want);
+}
+
+static struct io_uring_sqe *get_sqe(struct upager__worker *w)
+{
+	/* The ring has twice as many entries as slots plus the eventfd
+	 * read can use, so this loops at most once. */
+	struct io_uring_sqe *sqe;
+	while (!(sqe = io_uring_get_sqe(&w->ring)))
+		io_uring_submit(&w->ring);
+	return sqe;
+}
+
+static void submit_read(struct upager__worker *w, struct slot *sl)
+{
+	struct io_uring_sqe *sqe = get_sqe(w);
+	io_uring_prep_read(sqe, sl->r->store->fd, sl->buf + sl->got,
+			   (unsigned)(sl->io_len - sl->got), sl->foff + sl->got);
+	io_uring_sqe_set_data64(sqe, (uint64_t)(sl - w->slots) + 1);
+}
+
+/* Whether start() can take unit u of r now: a read needs a free slot and
+ * room in the worker's byte budget (one read is always allowed). */
+static bool can_start(const struct upager__worker *w,
+		      const struct upager__region *r, size_t u)
+{
+	if (atomic_load(&r->dead) || unit_want(r, u) == 0 ||
+	    r->store->kind == UPAGER__STORE_CUSTOM)
+		return true;
+	return w->free_head >= 0 &&
+	       (w->inflight == 0 ||
+		w->inflight_bytes + r->page_size <= WORKER_BYTES);
+}
+
+/* Starts fetching unit u of r; the caller's reference passes to the
+ * fetch. Returns false, having started nothing, when can_start() is
+ * false. */
+static bool start(struct upager__worker *w, struct upager__region *r,
+		  size_t u, bool demand, uint64_t t0, uint32_t tid)
+{
+	if (atomic_load(&r->dead)) {
+		upager__region_put(r);
+		return true;
+	}
+	size_t want = unit_want(r, u);
+	if (want == 0) {
+		finish(w, r, u, demand, t0, NULL, 0);
+		return true;
+	}
+	if (r->store->kind == UPAGER__STORE_CUSTOM) {
+		run_custom(w, r, u, demand, t0, tid, want);
+		return true;
+	}
+	if (!can_start(w, r, u))
+		return false;
+	struct slot *sl = &w->slots[w->free_head];
+	uint64_t off = r->offset + ((uint64_t)u << r->page_shift);
+	if (r->store->flags & UPAGER_STORE_DIRECT) {
+		sl->foff = off & ~(uint64_t)(ALIGN - 1);
+		sl->skip = (size_t)(off - sl->foff);
+		sl->io_len = round_up(sl->skip + want, ALIGN);
+	} else {
+		sl->foff = off;
+		sl->skip = 0;
+		sl->io_len = want;
+	}
+	size_t need = round_up(sl->skip + r->page_size, ALIGN);
+	if (need < sl->io_len)
+		need = sl->io_len;
+	if (ensure_buf(&sl->buf, &sl->cap, need)) {
+		fail_unit(w->up, r, u, demand, tid);
+		upager__region_put(r);
+		return true;
+	}
+	w->free_head = sl->next_free;
+	sl->r = r;
+	sl->unit = u;
+	sl->demand = demand;
+	sl->t0 = t0;
+	sl->tid = tid;
+	sl->want = want;
+	sl->got = 0;
+	w->inflight++;
+	w->inflight_bytes += r->page_size;
+	submit_read(w, sl);
+	return true;
+}
+
+static void release_slot(struct upager__worker *w, struct slot *sl)
+{
+	w->inflight--;
+	w->inflight_bytes -= sl->r->page_size;
+	sl->r = NULL;
+	sl->next_free = w->free_head;
+	w->free_head = (int)(sl - w->slots);
+}
+
+static void on_read(struct upager__worker *w, struct slot *sl, int res)
+{
+	struct upager__region *r = sl->r;
+	if (res == -EAGAIN || res == -EINTR) {
+		submit_read(w, sl);
+		return;
+	}
+	if (res > 0) {
+		sl->got += (size_t)res;
+		bool direct = r->store->flags & UPAGER_STORE_DIRECT;
+		bool eof = direct && (res % ALIGN) != 0;
+		if (sl->got < sl->io_len && !eof && !atomic_load(&r->dead)) {
+			submit_read(w, sl); /* short read: fetch the rest */
+			return;
+		}
+	}
+	size_t u = sl->unit;
+	bool demand = sl->demand;
+	uint64_t t0 = sl->t0;
+	uint32_t tid = sl->tid;
+	if (res < 0) {
+		release_slot(w, sl);
+		fail_unit(w->up, r, u, demand, tid);
+		upager__region_put(r);
+		return;
+	}
+	/* res == 0 (end of file came early) or complete. */
+	size_t have = sl->got > sl->skip ? sl->got - sl->skip : 0;
+	if (have > sl->want)
+		have = sl->want;
+	char *data = sl->buf + sl->skip;
+	memset(data + have, 0, r->page_size - have);
+	CNT_INC(&r->cnt, bytes_fetched, have);
+	/* Install before freeing the slot: data lives in its buffer. */
+	release_slot(w, sl);
+	finish(w, r, u, demand, t0, data, have);
+}
+
+/* ---- taking work ---- */
+
+static bool take_demand(struct upager__worker *w, struct upager__req *req)
+{
+	upager_t *up = w->up;
+	if (atomic_load_explicit(&up->demand_count, memory_order_relaxed) == 0)
+		return false;
+	pthread_mutex_lock(&up->qlock);
+	bool ok = upager__ring_pop(&up->demand, req);
+	if (ok) {
+		atomic_fetch_sub(&up->demand_count, 1);
+		pthread_cond_broadcast(&up->space_cv);
+	}
+	pthread_mutex_unlock(&up->qlock);
+	return ok;
+}
+
+static bool take_prefetch(struct upager__worker *w)
+{
+	upager_t *up = w->up;
+	if (atomic_load_explicit(&up->prefetch_count, memory_order_relaxed) == 0)
+		return false;
+	pthread_mutex_lock(&up->qlock);
+	bool ok = upager__ring_pop(&up->prefetch, &w->cur);
+	if (ok) {
+		atomic_fetch_sub(&up->prefetch_count, 1);
+		pthread_cond_broadcast(&up->space_cv);
+	}
+	pthread_mutex_unlock(&up->qlock);
+	w->cur_valid = ok;
+	return ok;
+}
+
+static bool has_slot(const struct upager__worker *w)
+{
+	return w->free_head >= 0 && w->inflight_bytes < WORKER_BYTES;
+}
+
+/* Starts as much work as slots allow. Demand first; a demand fetch taken
+ * but not startable waits in w->held, ahead of anything else. Returns
+ * true when it stopped for want of a slot (a completion will free one),
+ * false when it ran out of work. */
+static bool fill(struct upager__worker *w)
+{
+	while (has_slot(w)) {
+		if (!w->has_held && take_demand(w, &w->held))
+			w->has_held = true;
+		if (w->has_held) {
+			struct upager__req *q = &w->held;
+			if (!start(w, q->r, q->unit, true, q->t0, q->tid))
+				return true;
+			w->has_held = false;
+			continue;
+		}
+		if (!w->cur_valid && !take_prefetch(w))
+			return false;
+		struct upager__pf *pf = &w->cur;
+		struct upager__region *r = pf->r;
+		while (pf->count) {
+			size_t u = pf->first;
+			if (!can_start(w, r, u))
+				return true; /* the batch waits for a slot */
+			pf->first++;
+			pf->count--;
+			/* A fault may have promoted the unit meanwhile, or a
+			 * REMOVE dropped it: then it is not ours. */
+			if (atomic_load(&r->dead) ||
+			    !unit_cas(r->state, u, UNIT_QUEUED, UNIT_FETCHING))
+				continue;
+			atomic_fetch_add(&r->refs, 1);
+			start(w, r, u, false, 0, 0);
+			if (!has_slot(w))
+				break;
+		}
+		if (pf->count == 0) {
+			w->cur_valid = false;
+			upager__region_put(r);
+		}
+	}
+	return true;
+}
+
+static bool work_waiting(struct upager__worker *w)
+{
+	upager_t *up = w->up;
+	return atomic_load(&up->demand_count) > 0 ||
+	       atomic_load(&up->prefetch_count) > 0;
+}
+
+static void arm_eventfd(struct upager__worker *w)
+{
+	if (w->efd_armed)
+		return;
+	struct io_uring_sqe *sqe = get_sqe(w);
+	io_uring_prep_read(sqe, w->efd, &w->efd_val, sizeof(w->efd_val), 0);
+	io_uring_sqe_set_data64(sqe, EFD_TAG);
+	w->efd_armed = true;
+}
+
+static void reap(struct upager__worker *w)
+{
+	struct io_uring_cqe *cqe;
+	while (io_uring_peek_cqe(&w->ring, &cqe) == 0) {
+		uint64_t tag = io_uring_cqe_get_data64(cqe);
+		int res = cqe->res;
+		io_uring_cqe_seen(&w->ring, cqe);
+		if (tag == EFD_TAG) {
+			w->efd_armed = false;
+			continue;
+		}
+		on_read(w, &w->slots[tag - 1], res);
+	}
+}
+
+static void *worker_main(void *arg)
+{
+	struct upager__worker *w = arg;
+	upager_t *up = w->up;
+
+	for (;;) {
+		bool stopping = atomic_load(&up->stopping);
+		bool blocked = !stopping && fill(w);
+		if (stopping && w->inflight == 0)
+			break;
+		arm_eventfd(w);
+		/* Out of work with slots free: ask to be woken for more. */
+		bool can_take = !blocked && !stopping;
+		if (can_take)
+			atomic_store(&w->sleeping, 1);
+		if (can_take && work_waiting(w)) {
+			atomic_store(&w->sleeping, 0);
+			continue;
+		}
+		int rc = io_uring_submit_and_wait(&w->ring, 1);
+		atomic_store(&w->sleeping, 0);
+		if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
+			break; /* the ring is unusable; should not happen */
+		reap(w);
+	}
+	return NULL;
+}
+
+void upager__workers_kick(upager_t *up, unsigned n)
+{
+	for (unsigned i = 0; i < up->nworkers && n > 0; i++) {
+		struct upager__worker *w = &up->workers[i];
+		if (atomic_exchange(&w->sleeping, 0) == 1) {
+			uint64_t one = 1;
+			ssize_t rc = write(w->efd, &one, sizeof(one));
+			(void)rc; /* cannot fail short of a counter overflow */
+			n--;
+		}
+	}
+}
+
+static void worker_free(struct upager__worker *w)
+{
+	if (w->ring_ok)
+		io_uring_queue_exit(&w->ring);
+	if (w->efd >= 0)
+		close(w->efd);
+	for (unsigned i = 0; w->slots && i < w->nslots; i++)
+		if (w->slots[i].buf)
+			munmap(w->slots[i].buf, w->slots[i].cap);
+	free(w->slots);
+	if (w->scratch)
+		munmap(w->scratch, w->scratch_cap);
+}
+
+static int worker_init(upager_t *up, struct upager__worker *w)
+{
+	w->up = up;
+	w->efd = eventfd(0, EFD_CLOEXEC);
+	if (w->efd < 0)
+		return -errno;
+	w->nslots = up->queue_depth;
+	w->slots = calloc(w->nslots, sizeof(*w->slots));
+	if (!w->slots)
+		return -ENOMEM;
+	for (unsigned i = 0; i < w->nslots; i++)
+		w->slots[i].next_free = i + 1 < w->nslots ? (int)i + 1 : -1;
+	w->free_head = 0;
+	/* Slots plus the eventfd read, with room to spare. */
+	int rc = io_uring_queue_init(up->queue_depth * 2, &w->ring, 0);
+	if (rc < 0)
+		return rc;
+	w->ring_ok = true;
+	return 0;
+}
+
+int upager__workers_start(upager_t *up)
+{
+	up->workers = calloc(up->nworkers, sizeof(*up->workers));
+	if (!up->workers)
+		return -ENOMEM;
+	for (unsigned i = 0; i < up->nworkers; i++)
+		up->workers[i].efd = -1;
+	int rc = 0;
+	for (unsigned i = 0; i < up->nworkers && rc == 0; i++)
+		rc = worker_init(up, &up->workers[i]);
+	for (unsigned i = 0; i < up->nworkers && rc == 0; i++) {
+		rc = -pthread_create(&up->workers[i].thr, NULL, worker_main,
+				     &up->workers[i]);
+		up->workers[i].started = rc == 0;
+	}
+	if (rc)
+		upager__workers_stop(up);
+	return rc;
+}
+
+void upager__workers_stop(upager_t *up)
+{
+	if (!up->workers)
+		return;
+	atomic_store(&up->stopping, true);
+	pthread_mutex_lock(&up->qlock);
+	pthread_cond_broadcast(&up->space_cv);
+	pthread_mutex_unlock(&up->qlock);
+	for (unsigned i = 0; i < up->nworkers; i++) {
+		struct upager__worker *w = &up->workers[i];
+		if (w->efd >= 0) {
+			uint64_t one = 1;
+			ssize_t rc = write(w->efd, &one, sizeof(one));
+			(void)rc;
+		}
+	}
+	for (unsigned i = 0; i < up->nworkers; i++) {
+		struct upager__worker *w = &up->workers[i];
+		if (w->started)
+			pthread_join(w->thr, NULL);
+		worker_free(w);
+	}
+	free(up->workers);
+	up->workers = NULL;
+}
