@@ -58,6 +58,8 @@ typedef struct upager upager_t;
  * so a store may be released as soon as the regions are mapped. */
 typedef struct upager_store upager_store_t;
 
+struct upager_stats;
+
 /* ------------------------------------------------------------------ */
 /* Runtime                                                             */
 /* ------------------------------------------------------------------ */
@@ -122,7 +124,8 @@ UPAGER_API void upager_destroy(upager_t *up);
  * @path   file to open.
  * @flags  0 or UPAGER_STORE_DIRECT.
  * @out    receives the store with one reference held by the caller.
- * @return 0, -EINVAL (NULL argument, unknown flag, not a regular file),
+ * @return 0, -EINVAL (NULL argument, unknown flag, neither a regular file
+ *         nor a block device),
  *         -ENOENT (no such file), -EACCES, or another -errno from open. */
 UPAGER_API int upager_store_file(const char *path, unsigned flags,
 				 upager_store_t **out);
@@ -159,6 +162,65 @@ UPAGER_API int upager_store_custom(const struct upager_store_ops *ops,
  * Drops the caller's reference. The store is freed (file closed,
  * ops->release called) when no region uses it any more. NULL is a no-op. */
 UPAGER_API void upager_store_release(upager_store_t *s);
+
+/*! struct upager_lz4_opts : options for upager_store_lz4(). Zero-initialise
+ * it; every zero field takes its default. */
+struct upager_lz4_opts {
+	/* Block size in bytes: the unit the store compresses and indexes.
+	 * Power of two from 4 KiB to 2 MiB; regions over the store must use
+	 * a page_size that is a multiple of it. 0: 4 KiB. */
+	size_t block_size;
+	/* Most compressed bytes the store may hold (0: no limit). A write
+	 * that would exceed it fails with -ENOSPC (stacked over a lower
+	 * store: the block is written through to the lower store and
+	 * dropped from the cache instead). */
+	uint64_t max_bytes;
+	/* Logical size of a store used alone, in bytes (0: no end). Blocks
+	 * never written read as zeros. Ignored when stacked: the lower
+	 * store's size applies. */
+	uint64_t size;
+	/* LZ4 acceleration (1 = default ratio, higher = faster, worse
+	 * ratio). 0: 1. At most 65537. */
+	int acceleration;
+	/* Reserved: must be 0. */
+	unsigned flags;
+};
+
+/*! upager_store_lz4() :
+ * A compressed page store in memory. Each block is compressed with LZ4 on
+ * write and decompressed on read; a block that does not compress below
+ * its size is stored raw. Memory of overwritten or discarded blocks is
+ * reused and returned to the system.
+ * Used alone (@lower NULL) it is a compressed anonymous store: never
+ * written blocks read as zeros. Stacked over @lower it is a compressed
+ * cache tier: reads of blocks it does not hold go to @lower (and are kept
+ * compressed), writes are kept compressed and written through to @lower.
+ * @opts   options, or NULL for defaults.
+ * @lower  store under the cache, or NULL; the lz4 store takes a reference.
+ * @out    receives the store with one reference held by the caller.
+ * @return 0, -EINVAL (bad option, unknown flag, NULL @out), -ENOMEM. */
+UPAGER_API int upager_store_lz4(const struct upager_lz4_opts *opts,
+				upager_store_t *lower, upager_store_t **out);
+
+/*! struct upager_lz4_stats : counters of an lz4 store. */
+struct upager_lz4_stats {
+	uint64_t blocks;          /* blocks held */
+	uint64_t raw_blocks;      /* of those, stored uncompressed */
+	uint64_t bytes_logical;   /* blocks * block_size */
+	uint64_t bytes_stored;    /* compressed bytes held */
+	uint64_t bytes_allocated; /* memory the store's allocator holds */
+	uint64_t reads, writes;   /* block reads and writes served */
+	uint64_t lower_reads;     /* reads passed to the lower store */
+	uint64_t corrupt;         /* blocks that failed to decompress */
+	double ratio;             /* bytes_logical / bytes_stored (0 if
+				     empty) */
+};
+
+/*! upager_store_lz4_stats() :
+ * Fills @out with the counters of lz4 store @s.
+ * @return 0, -EINVAL (NULL argument or @s is not an lz4 store). */
+UPAGER_API int upager_store_lz4_stats(upager_store_t *s,
+				      struct upager_lz4_stats *out);
 
 /* ------------------------------------------------------------------ */
 /* Regions                                                             */
@@ -237,6 +299,71 @@ UPAGER_API int upager_unmap(upager_t *up, void *addr);
  *         one region), or -errno from madvise (DONTNEED). */
 UPAGER_API int upager_advise(upager_t *up, void *addr, size_t len,
 			     int advice);
+
+/* ------------------------------------------------------------------ */
+/* Serving another process (pager daemons)                             */
+/* ------------------------------------------------------------------ */
+
+/*! upager_space_t : another process's address space served by this
+ * runtime through a userfaultfd descriptor that process created and
+ * handed over (for example over a UNIX socket with SCM_RIGHTS). Its owner
+ * maps the memory and registers it (UFFDIO_REGISTER_MODE_MISSING); the
+ * runtime only serves the faults. */
+typedef struct upager_space upager_space_t;
+
+/*! upager_space_adopt() :
+ * Starts serving the userfaultfd descriptor @uffd, on which the other
+ * process has already called UFFDIO_API (with UFFD_FEATURE_POISON, so
+ * that store errors raise SIGBUS there, and with the EVENT_REMOVE /
+ * EVENT_UNMAP / EVENT_REMAP features if it wants those handled). The
+ * descriptor is switched to non-blocking mode. On success the runtime owns
+ * @uffd and closes it in upager_space_close(); on failure it is untouched.
+ * @return 0, -EINVAL (NULL or negative argument), -ENOMEM, or -errno from
+ *         epoll (-EPERM: @uffd is not pollable). */
+UPAGER_API int upager_space_adopt(upager_t *up, int uffd,
+				  upager_space_t **out);
+
+/*! upager_space_add() :
+ * Serves the range [@base, @base + @length) of the other process, which
+ * it has registered on the descriptor, from @store: byte i of the range is
+ * byte @offset + i of the store, as with upager_map(). @base must be
+ * aligned to the install unit (opts->page_size); the range is rounded up
+ * to whole units and must not overlap a range already added.
+ * @return 0, -EINVAL (bad argument or option, as upager_map), -EEXIST
+ *         (overlap), -ENOMEM. */
+UPAGER_API int upager_space_add(upager_space_t *sp, uint64_t base,
+				size_t length, upager_store_t *store,
+				uint64_t offset,
+				const struct upager_map_opts *opts);
+
+/*! upager_space_remove() :
+ * Stops serving the range added at @base (it does not touch the other
+ * process's memory). Later faults there get SIGBUS.
+ * @return 0, -EINVAL (no range starts at @base). */
+UPAGER_API int upager_space_remove(upager_space_t *sp, uint64_t base);
+
+/*! upager_space_advise() : upager_advise() for a range of @sp, except that
+ * UPAGER_ADV_DONTNEED is refused with -EOPNOTSUPP (the pages belong to the
+ * other process). */
+UPAGER_API int upager_space_advise(upager_space_t *sp, uint64_t base,
+				   size_t len, int advice);
+
+/*! upager_space_stats() : counters of every range of @sp, including
+ * ranges since removed. @return 0, -EINVAL. */
+UPAGER_API int upager_space_stats(upager_space_t *sp,
+				  struct upager_stats *out);
+
+/*! upager_space_status() :
+ * @return 0 while the other process's address space exists, -ESRCH once
+ *         the kernel reported it gone, -EINVAL for NULL. */
+UPAGER_API int upager_space_status(upager_space_t *sp);
+
+/*! upager_space_close() :
+ * Stops serving @sp: removes every range, waits for fetches in flight,
+ * closes the descriptor. Threads of the other process that still fault
+ * there wait until their own process closes its copy of the descriptor
+ * or unregisters the range. NULL is a no-op. */
+UPAGER_API void upager_space_close(upager_space_t *sp);
 
 /* ------------------------------------------------------------------ */
 /* Statistics                                                          */

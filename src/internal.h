@@ -90,8 +90,11 @@ void upager__counters_fold(struct upager__counters *dst,
 
 /* ---- regions ---- */
 
+struct upager__space;
+
 struct upager__region {
 	upager_t *up;
+	struct upager__space *sp; /* the address space it lives in */
 	uintptr_t base;       /* first byte; aligned to page_size */
 	size_t span;          /* reserved bytes: nunits * page_size */
 	size_t length;        /* bytes the user asked for */
@@ -118,11 +121,11 @@ struct upager__region {
 };
 
 void upager__region_put(struct upager__region *r) UPAGER__HIDDEN;
-/* Table edits; caller holds table_lock for writing. */
-int upager__table_insert(upager_t *up, struct upager__region *r) UPAGER__HIDDEN;
-bool upager__table_remove(upager_t *up, struct upager__region *r) UPAGER__HIDDEN;
-/* Region containing addr; caller holds up->table_lock (read). */
-struct upager__region *upager__lookup(upager_t *up, uintptr_t addr) UPAGER__HIDDEN;
+/* Table edits; caller holds sp->table_lock for writing. */
+int upager__table_insert(struct upager__space *sp, struct upager__region *r) UPAGER__HIDDEN;
+bool upager__table_remove(struct upager__space *sp, struct upager__region *r) UPAGER__HIDDEN;
+/* Region containing addr; caller holds sp->table_lock (read). */
+struct upager__region *upager__lookup(struct upager__space *sp, uintptr_t addr) UPAGER__HIDDEN;
 /* Units [first, first+count) that hold region bytes [a, b). */
 void upager__units_of(const struct upager__region *r, uintptr_t a, uintptr_t b,
 		      size_t *first, size_t *count) UPAGER__HIDDEN;
@@ -199,24 +202,70 @@ int upager__uffd_poison(int fd, uintptr_t dst, size_t len, size_t *done) UPAGER_
  * space changing. Wakes every waiter in the unit. Returns 0, or -errno
  * when the range is gone or the runtime stops. */
 enum upager__fill { FILL_COPY, FILL_ZERO, FILL_POISON };
-int upager__install(upager_t *up, struct upager__region *r, size_t unit,
-		    const void *src, enum upager__fill how) UPAGER__HIDDEN;
+int upager__install(struct upager__region *r, size_t unit, const void *src,
+		    enum upager__fill how) UPAGER__HIDDEN;
 
-/* ---- the runtime ---- */
+/* ---- address spaces ---- */
 
-struct upager {
+/* One userfaultfd descriptor and the regions registered on it. The home
+ * space is this process's own memory; adopted spaces are other processes'
+ * (their descriptor was passed to us), whose memory we reach only through
+ * the descriptor's ioctls. */
+struct upager__space {
+	upager_t *up;
 	int uffd;
-	int ctl_fd;          /* eventfd: wakes the manager to stop */
 	struct upager__uffd_caps caps;
-	unsigned nworkers;
-	unsigned queue_depth;
-	atomic_bool stopping;
+	bool local;          /* regions are this process's memory */
+	atomic_bool gone;    /* the address space exited (ESRCH/ENOSPC) */
 
 	/* Region table: sorted by base; read by the manager, written by
 	 * map/unmap. */
 	pthread_rwlock_t table_lock;
 	struct upager__region **table;
 	size_t nregions, table_cap;
+
+	/* Counters of regions since removed. */
+	struct upager__counters retired;
+
+	struct upager__space *next; /* up->spaces list */
+};
+
+int upager__space_init(upager_t *up, struct upager__space *sp, int uffd,
+		       bool local) UPAGER__HIDDEN;
+void upager__space_fini(struct upager__space *sp) UPAGER__HIDDEN;
+
+/* space.c: regions of a space. region_new validates the options and
+ * builds a region (state array, store reference) with no memory or table
+ * entry yet; region_remove takes one out of the table and tears it down
+ * (design.md rule 4); space_clear removes them all. */
+int upager__region_new(struct upager__space *sp, upager_store_t *store,
+		       uint64_t offset, size_t length,
+		       const struct upager_map_opts *opts,
+		       struct upager__region **out) UPAGER__HIDDEN;
+void upager__region_free(struct upager__region *r) UPAGER__HIDDEN;
+int upager__region_remove(struct upager__space *sp, uintptr_t base) UPAGER__HIDDEN;
+void upager__space_clear(struct upager__space *sp) UPAGER__HIDDEN;
+int upager__space_advise(struct upager__space *sp, uintptr_t a, size_t len,
+			 int advice) UPAGER__HIDDEN;
+/* Adds the counters of the region holding addr (0: of every region and
+ * the retired ones) to *acc. */
+int upager__space_stats_add(struct upager__space *sp, uintptr_t addr,
+			    struct upager_stats *acc) UPAGER__HIDDEN;
+
+/* ---- the runtime ---- */
+
+struct upager {
+	int ctl_fd;          /* eventfd: wakes the manager to stop */
+	int epfd;            /* epoll over ctl_fd and every space's uffd */
+	unsigned nworkers;
+	unsigned queue_depth;
+	atomic_bool stopping;
+
+	struct upager__space home;
+	/* Adopted spaces; the manager holds spaces_lock (read) while it
+	 * serves them, removal takes it for writing. */
+	pthread_rwlock_t spaces_lock;
+	struct upager__space *spaces;
 
 	/* Queues: one lock for both. Workers prefer demand. */
 	pthread_mutex_t qlock;
@@ -231,10 +280,6 @@ struct upager {
 	/* Region teardown waits here for refs to drain. */
 	pthread_mutex_t unmap_lock;
 	pthread_cond_t unmap_cv;
-
-	/* Counters of regions since unmapped. */
-	pthread_mutex_t retired_lock;
-	struct upager__counters retired;
 
 	pthread_t manager;
 	bool manager_started;

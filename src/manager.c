@@ -25,7 +25,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
-#include <poll.h>
+#include <sys/epoll.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -165,20 +165,21 @@ static bool page_resident(uintptr_t page)
 	return v & 1;
 }
 
-static void on_fault(struct mgr *m, const struct uffd_msg *msg, uint64_t now)
+static void on_fault(struct mgr *m, struct upager__space *sp,
+		     const struct uffd_msg *msg, uint64_t now)
 {
 	upager_t *up = m->up;
 	uintptr_t addr = (uintptr_t)msg->arg.pagefault.address & ~(uintptr_t)4095;
-	uint32_t tid = up->caps.thread_id ? msg->arg.pagefault.feat.ptid : 0;
-	struct upager__region *r = upager__lookup(up, addr);
+	uint32_t tid = sp->caps.thread_id ? msg->arg.pagefault.feat.ptid : 0;
+	struct upager__region *r = upager__lookup(sp, addr);
 	if (!r || atomic_load(&r->dead)) {
 		/* Not a live region of ours: never let it read zeros. */
 		size_t done;
-		if (!r && up->caps.poison)
-			upager__uffd_poison(up->uffd, addr, 4096, &done);
-		else if (!r && tid)
+		if (!r && sp->caps.poison)
+			upager__uffd_poison(sp->uffd, addr, 4096, &done);
+		else if (!r && tid && sp->local)
 			syscall(SYS_tgkill, getpid(), (pid_t)tid, SIGBUS);
-		upager__uffd_wake(up->uffd, addr, 4096);
+		upager__uffd_wake(sp->uffd, addr, 4096);
 		return;
 	}
 	CNT_INC(&r->cnt, faults, 1);
@@ -199,9 +200,12 @@ static void on_fault(struct mgr *m, const struct uffd_msg *msg, uint64_t now)
 			return;
 		}
 		/* PRESENT: a racing install already woke this thread, or
-		 * the page went away (zapped without a REMOVE we saw). */
-		if (page_resident(addr)) {
-			upager__uffd_wake(up->uffd, addr, 4096);
+		 * the page went away (zapped without a REMOVE we saw). In
+		 * our own memory mincore() tells which; in another
+		 * process's, fetch again (the install meets EEXIST and
+		 * wakes). */
+		if (sp->local && page_resident(addr)) {
+			upager__uffd_wake(sp->uffd, addr, 4096);
 			return;
 		}
 		if (unit_cas(r->state, u, UNIT_PRESENT, UNIT_FETCHING)) {
@@ -212,10 +216,10 @@ static void on_fault(struct mgr *m, const struct uffd_msg *msg, uint64_t now)
 }
 
 /* Units overlapping [a, b) in every region become EMPTY. */
-static void forget_range(upager_t *up, uintptr_t a, uintptr_t b)
+static void forget_range(struct upager__space *sp, uintptr_t a, uintptr_t b)
 {
-	for (size_t i = 0; i < up->nregions; i++) {
-		struct upager__region *r = up->table[i];
+	for (size_t i = 0; i < sp->nregions; i++) {
+		struct upager__region *r = sp->table[i];
 		if (r->base >= b)
 			break;
 		if (r->base + r->span <= a)
@@ -228,65 +232,64 @@ static void forget_range(upager_t *up, uintptr_t a, uintptr_t b)
 	}
 }
 
-static void on_unmap(upager_t *up, uintptr_t a, uintptr_t b)
+static void on_unmap(struct upager__space *sp, uintptr_t a, uintptr_t b)
 {
-	forget_range(up, a, b);
-	struct upager__region *r = upager__lookup(up, a);
+	forget_range(sp, a, b);
+	struct upager__region *r = upager__lookup(sp, a);
 	if (r && r->base == a && r->base + r->span <= b)
 		atomic_store(&r->app_unmapped, true);
 }
 
-static void on_remap(upager_t *up, uintptr_t from, uintptr_t to, size_t len)
+static void on_remap(struct upager__space *sp, uintptr_t from, uintptr_t to,
+		     size_t len)
 {
-	struct upager__region *r = upager__lookup(up, from);
+	struct upager__region *r = upager__lookup(sp, from);
 	if (r && r->base == from && len >= r->span) {
 		/* The whole region moved (its registration moved with it):
 		 * follow it. The table is read-locked here; moving an entry
 		 * needs the write lock, so take it. */
-		pthread_rwlock_unlock(&up->table_lock);
-		pthread_rwlock_wrlock(&up->table_lock);
-		if (upager__table_remove(up, r)) {
+		pthread_rwlock_unlock(&sp->table_lock);
+		pthread_rwlock_wrlock(&sp->table_lock);
+		if (upager__table_remove(sp, r)) {
 			r->base = to;
-			if (upager__table_insert(up, r) != 0) {
-				r->base = from; /* cannot fail after remove:
-						   capacity is unchanged */
-				upager__table_insert(up, r);
-			}
+			/* Cannot fail: the remove left room. */
+			upager__table_insert(sp, r);
 		}
-		pthread_rwlock_unlock(&up->table_lock);
-		pthread_rwlock_rdlock(&up->table_lock);
+		pthread_rwlock_unlock(&sp->table_lock);
+		pthread_rwlock_rdlock(&sp->table_lock);
 		return;
 	}
-	forget_range(up, from, from + len);
+	forget_range(sp, from, from + len);
 }
 
-static void dispatch(struct mgr *m, const struct uffd_msg *msgs, size_t n)
+static void dispatch(struct mgr *m, struct upager__space *sp,
+		     const struct uffd_msg *msgs, size_t n)
 {
 	upager_t *up = m->up;
 	uint64_t now = upager__now_ns();
-	pthread_rwlock_rdlock(&up->table_lock);
+	pthread_rwlock_rdlock(&sp->table_lock);
 	for (size_t i = 0; i < n; i++) {
 		const struct uffd_msg *msg = &msgs[i];
 		switch (msg->event) {
 		case UFFD_EVENT_PAGEFAULT:
-			on_fault(m, msg, now);
+			on_fault(m, sp, msg, now);
 			break;
 		case UFFD_EVENT_REMOVE:
-			forget_range(up, msg->arg.remove.start,
+			forget_range(sp, msg->arg.remove.start,
 				     msg->arg.remove.end);
 			break;
 		case UFFD_EVENT_UNMAP:
-			on_unmap(up, msg->arg.remove.start, msg->arg.remove.end);
+			on_unmap(sp, msg->arg.remove.start, msg->arg.remove.end);
 			break;
 		case UFFD_EVENT_REMAP:
-			on_remap(up, msg->arg.remap.from, msg->arg.remap.to,
+			on_remap(sp, msg->arg.remap.from, msg->arg.remap.to,
 				 msg->arg.remap.len);
 			break;
 		default:
 			break; /* FORK is not requested */
 		}
 	}
-	pthread_rwlock_unlock(&up->table_lock);
+	pthread_rwlock_unlock(&sp->table_lock);
 	flush_demand(m);
 	if (m->kicks) {
 		upager__workers_kick(up, m->kicks);
@@ -294,27 +297,50 @@ static void dispatch(struct mgr *m, const struct uffd_msg *msgs, size_t n)
 	}
 }
 
+/* Reads and serves what sp has pending, a bounded number of batches so
+ * that one busy space cannot starve the others (epoll is level-triggered:
+ * the rest is reported again). Returns false if the descriptor is dead. */
+static bool serve(struct mgr *m, struct upager__space *sp, struct uffd_msg *msgs)
+{
+	for (int round = 0; round < 16; round++) {
+		ssize_t n = read(sp->uffd, msgs, BATCH * sizeof(*msgs));
+		if (n > 0) {
+			dispatch(m, sp, msgs, (size_t)n / sizeof(*msgs));
+			continue;
+		}
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0 && errno == EAGAIN)
+			return true;
+		return false; /* EOF or a dead descriptor */
+	}
+	return true;
+}
+
 void *upager__manager_main(void *arg)
 {
 	upager_t *up = arg;
 	struct mgr m = { .up = up };
 	struct uffd_msg msgs[BATCH];
-	struct pollfd pfd[2] = {
-		{ .fd = up->uffd, .events = POLLIN },
-		{ .fd = up->ctl_fd, .events = POLLIN },
-	};
+	struct epoll_event evs[16];
 
 	while (!atomic_load(&up->stopping)) {
-		ssize_t n = read(up->uffd, msgs, sizeof(msgs));
-		if (n > 0) {
-			dispatch(&m, msgs, (size_t)n / sizeof(msgs[0]));
-			continue;
-		}
-		if (n < 0 && errno == EINTR)
-			continue;
-		/* EAGAIN: nothing pending; sleep until there is. */
-		if (poll(pfd, 2, -1) < 0 && errno != EINTR)
+		int n = epoll_wait(up->epfd, evs, 16, -1);
+		if (n < 0 && errno != EINTR)
 			break;
+		pthread_rwlock_rdlock(&up->spaces_lock);
+		for (int i = 0; i < n; i++) {
+			struct upager__space *sp = evs[i].data.ptr;
+			if (!sp)
+				continue; /* ctl_fd: the loop re-checks stopping */
+			if (!serve(&m, sp, msgs) || (evs[i].events & (EPOLLERR | EPOLLHUP))) {
+				/* The descriptor is dead (its process exited):
+				 * stop polling it until its owner closes it. */
+				atomic_store(&sp->gone, true);
+				epoll_ctl(up->epfd, EPOLL_CTL_DEL, sp->uffd, NULL);
+			}
+		}
+		pthread_rwlock_unlock(&up->spaces_lock);
 	}
 	return NULL;
 }

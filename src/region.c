@@ -3,7 +3,8 @@
  *
  * The table is an array of region pointers sorted by base address, so a
  * fault's region is found by binary search (O(log n); 10,000 regions take
- * 14 probes). Readers (the manager, advise, stats) hold table_lock for
+ * 14 probes). There is one table per address space. Readers (the
+ * manager, advise, stats) hold its table_lock for
  * reading; map and unmap hold it for writing only while they edit the
  * array, never while they wait.
  *
@@ -11,36 +12,37 @@
  * one reference and every queued or in-flight fetch holds one, so a worker
  * never touches a freed region (design.md, rules 3-5).
  */
+#define _GNU_SOURCE
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
 
-struct upager__region *upager__lookup(upager_t *up, uintptr_t addr)
+struct upager__region *upager__lookup(struct upager__space *sp, uintptr_t addr)
 {
-	size_t lo = 0, hi = up->nregions;
+	size_t lo = 0, hi = sp->nregions;
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
-		if (up->table[mid]->base <= addr)
+		if (sp->table[mid]->base <= addr)
 			lo = mid + 1;
 		else
 			hi = mid;
 	}
 	if (lo == 0)
 		return NULL;
-	struct upager__region *r = up->table[lo - 1];
+	struct upager__region *r = sp->table[lo - 1];
 	return addr - r->base < r->span ? r : NULL;
 }
 
 /* Index where a region based at base goes (first entry with a larger
  * base). */
-static size_t slot_for(upager_t *up, uintptr_t base)
+static size_t slot_for(struct upager__space *sp, uintptr_t base)
 {
-	size_t lo = 0, hi = up->nregions;
+	size_t lo = 0, hi = sp->nregions;
 	while (lo < hi) {
 		size_t mid = lo + (hi - lo) / 2;
-		if (up->table[mid]->base < base)
+		if (sp->table[mid]->base < base)
 			lo = mid + 1;
 		else
 			hi = mid;
@@ -49,33 +51,33 @@ static size_t slot_for(upager_t *up, uintptr_t base)
 }
 
 /* Caller holds table_lock for writing. */
-int upager__table_insert(upager_t *up, struct upager__region *r)
+int upager__table_insert(struct upager__space *sp, struct upager__region *r)
 {
-	if (up->nregions == up->table_cap) {
-		size_t cap = up->table_cap ? up->table_cap * 2 : 64;
-		void *t = realloc(up->table, cap * sizeof(*up->table));
+	if (sp->nregions == sp->table_cap) {
+		size_t cap = sp->table_cap ? sp->table_cap * 2 : 64;
+		void *t = realloc(sp->table, cap * sizeof(*sp->table));
 		if (!t)
 			return -ENOMEM;
-		up->table = t;
-		up->table_cap = cap;
+		sp->table = t;
+		sp->table_cap = cap;
 	}
-	size_t i = slot_for(up, r->base);
-	memmove(&up->table[i + 1], &up->table[i],
-		(up->nregions - i) * sizeof(*up->table));
-	up->table[i] = r;
-	up->nregions++;
+	size_t i = slot_for(sp, r->base);
+	memmove(&sp->table[i + 1], &sp->table[i],
+		(sp->nregions - i) * sizeof(*sp->table));
+	sp->table[i] = r;
+	sp->nregions++;
 	return 0;
 }
 
 /* Caller holds table_lock for writing. Returns false if r is not there. */
-bool upager__table_remove(upager_t *up, struct upager__region *r)
+bool upager__table_remove(struct upager__space *sp, struct upager__region *r)
 {
-	size_t i = slot_for(up, r->base);
-	if (i >= up->nregions || up->table[i] != r)
+	size_t i = slot_for(sp, r->base);
+	if (i >= sp->nregions || sp->table[i] != r)
 		return false;
-	memmove(&up->table[i], &up->table[i + 1],
-		(up->nregions - i - 1) * sizeof(*up->table));
-	up->nregions--;
+	memmove(&sp->table[i], &sp->table[i + 1],
+		(sp->nregions - i - 1) * sizeof(*sp->table));
+	sp->nregions--;
 	return true;
 }
 
@@ -105,4 +107,28 @@ void upager__units_of(const struct upager__region *r, uintptr_t a, uintptr_t b,
 	size_t l = (hi - 1 - r->base) >> r->page_shift;
 	*first = f;
 	*count = l - f + 1;
+}
+
+int upager__space_init(upager_t *up, struct upager__space *sp, int uffd,
+		       bool local)
+{
+	memset(sp, 0, sizeof(*sp));
+	sp->up = up;
+	sp->uffd = uffd;
+	sp->local = local;
+	pthread_rwlockattr_t ra;
+	pthread_rwlockattr_init(&ra);
+	/* map/unmap must not starve behind a busy manager. */
+	pthread_rwlockattr_setkind_np(&ra,
+		PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+	int rc = -pthread_rwlock_init(&sp->table_lock, &ra);
+	pthread_rwlockattr_destroy(&ra);
+	return rc;
+}
+
+void upager__space_fini(struct upager__space *sp)
+{
+	free(sp->table);
+	sp->table = NULL;
+	pthread_rwlock_destroy(&sp->table_lock);
 }

@@ -160,9 +160,11 @@ static void backoff(unsigned *us)
 
 #define PAGE 4096u
 
-int upager__install(upager_t *up, struct upager__region *r, size_t unit,
-		    const void *src, enum upager__fill how)
+int upager__install(struct upager__region *r, size_t unit, const void *src,
+		    enum upager__fill how)
 {
+	upager_t *up = r->up;
+	int fd = r->sp->uffd;
 	uintptr_t dst = r->base + (unit << r->page_shift);
 	size_t len = r->page_size, off = 0;
 	unsigned delay = 2, enoent = 0;
@@ -173,16 +175,16 @@ int upager__install(upager_t *up, struct upager__region *r, size_t unit,
 		size_t done = 0;
 		switch (how) {
 		case FILL_COPY:
-			rc = upager__uffd_copy(up->uffd, dst + off,
+			rc = upager__uffd_copy(fd, dst + off,
 					       (const char *)src + off,
 					       len - off, &done);
 			break;
 		case FILL_ZERO:
-			rc = upager__uffd_zero(up->uffd, dst + off, len - off,
+			rc = upager__uffd_zero(fd, dst + off, len - off,
 					       &done);
 			break;
 		case FILL_POISON:
-			rc = upager__uffd_poison(up->uffd, dst + off,
+			rc = upager__uffd_poison(fd, dst + off,
 						 len - off, &done);
 			break;
 		}
@@ -202,7 +204,8 @@ int upager__install(upager_t *up, struct upager__region *r, size_t unit,
 			/* An event (REMOVE, UNMAP, REMAP) is unread or the
 			 * layout changed mid-copy: the manager will drain
 			 * it; retry unless the region is going away. */
-			if (atomic_load(&r->dead) || atomic_load(&up->stopping))
+			if (atomic_load(&r->dead) || atomic_load(&up->stopping) ||
+			    atomic_load(&r->sp->gone))
 				return -ECANCELED;
 			if (rc == -ENOENT && ++enoent > 64)
 				return rc; /* the range is no longer there */
@@ -212,11 +215,13 @@ int upager__install(upager_t *up, struct upager__region *r, size_t unit,
 		}
 		/* ESRCH, ENOSPC: the address space is gone; anything else
 		 * is a bug we report rather than loop on. */
+		if (rc == -ESRCH || rc == -ENOSPC)
+			atomic_store(&r->sp->gone, true);
 		return rc;
 	}
 	/* Copies wake the range they filled; pages skipped as present may
 	 * still have waiters that only a wake releases. */
 	if (skipped)
-		upager__uffd_wake(up->uffd, dst, len);
+		upager__uffd_wake(fd, dst, len);
 	return 0;
 }

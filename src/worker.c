@@ -111,7 +111,7 @@ static size_t unit_want(const struct upager__region *r, size_t u)
 
 /* ---- finishing a fetch ---- */
 
-static void fail_unit(upager_t *up, struct upager__region *r, size_t u,
+static void fail_unit(struct upager__region *r, size_t u,
 		      bool demand, uint32_t tid)
 {
 	CNT_INC(&r->cnt, read_errors, 1);
@@ -121,18 +121,18 @@ static void fail_unit(upager_t *up, struct upager__region *r, size_t u,
 		unit_cas(r->state, u, UNIT_FETCHING, UNIT_EMPTY);
 		return;
 	}
-	if (up->caps.poison &&
-	    upager__install(up, r, u, NULL, FILL_POISON) == 0) {
+	if (r->sp->caps.poison &&
+	    upager__install(r, u, NULL, FILL_POISON) == 0) {
 		unit_cas(r->state, u, UNIT_FETCHING, UNIT_PRESENT);
 		return;
 	}
 	/* No UFFDIO_POISON (kernel < 6.6): signal the faulting thread,
 	 * then release the unit's waiters so that they fault again and
 	 * meet the error themselves. */
-	if (tid)
+	if (tid && r->sp->local)
 		syscall(SYS_tgkill, getpid(), (pid_t)tid, SIGBUS);
 	unit_cas(r->state, u, UNIT_FETCHING, UNIT_EMPTY);
-	upager__uffd_wake(up->uffd, r->base + (u << r->page_shift),
+	upager__uffd_wake(r->sp->uffd, r->base + (u << r->page_shift),
 			  r->page_size);
 }
 
@@ -141,10 +141,10 @@ static void finish(struct upager__worker *w, struct upager__region *r,
 		   size_t u, bool demand, uint64_t t0, const char *data,
 		   size_t want)
 {
-	upager_t *up = w->up;
+	(void)w;
 	if (!atomic_load(&r->dead)) {
 		bool zero = all_zero(data, want);
-		int rc = upager__install(up, r, u, zero ? NULL : data,
+		int rc = upager__install(r, u, zero ? NULL : data,
 					 zero ? FILL_ZERO : FILL_COPY);
 		if (rc == 0) {
 			unit_cas(r->state, u, UNIT_FETCHING, UNIT_PRESENT);
@@ -177,7 +177,7 @@ static void run_custom(struct upager__worker *w, struct upager__region *r,
 {
 	upager_store_t *s = r->store;
 	if (scratch_for(w, r->page_size)) {
-		fail_unit(w->up, r, u, demand, tid);
+		fail_unit(r, u, demand, tid);
 		upager__region_put(r);
 		return;
 	}
@@ -186,7 +186,7 @@ static void run_custom(struct upager__worker *w, struct upager__region *r,
 		rc = s->ops.read(s->ctx, w->scratch, want,
 				 r->offset + ((uint64_t)u << r->page_shift));
 	if (rc < 0 || rc > 0) {
-		fail_unit(w->up, r, u, demand, tid);
+		fail_unit(r, u, demand, tid);
 		upager__region_put(r);
 		return;
 	}
@@ -262,7 +262,7 @@ static bool start(struct upager__worker *w, struct upager__region *r,
 	if (need < sl->io_len)
 		need = sl->io_len;
 	if (ensure_buf(&sl->buf, &sl->cap, need)) {
-		fail_unit(w->up, r, u, demand, tid);
+		fail_unit(r, u, demand, tid);
 		upager__region_put(r);
 		return true;
 	}
@@ -311,7 +311,7 @@ static void on_read(struct upager__worker *w, struct slot *sl, int res)
 	uint32_t tid = sl->tid;
 	if (res < 0) {
 		release_slot(w, sl);
-		fail_unit(w->up, r, u, demand, tid);
+		fail_unit(r, u, demand, tid);
 		upager__region_put(r);
 		return;
 	}
