@@ -87,7 +87,34 @@ struct upager_config {
 	unsigned max_prefetch;
 	/* Reserved: must be 0. */
 	unsigned flags;
+	/* Resident budget in bytes for all regions of the runtime together
+	 * (0: none). Enforced like upager_map_opts.max_resident. */
+	uint64_t max_resident;
+	/* Path of an upagerd control socket (NULL: serve faults in this
+	 * process). When set, upager_create() connects to the daemon and
+	 * hands it the runtime's userfaultfd; upager_map() passes each
+	 * region and its store's file descriptor (only file stores: others
+	 * fail with -EOPNOTSUPP), and the daemon serves the faults. The
+	 * runtime then runs no manager or workers of its own, only a
+	 * watcher thread that notices the daemon's death (see
+	 * daemon_fallback). upager_stats(up, NULL) adds the daemon's
+	 * counters for this process; a single region's counters count only
+	 * faults this process served itself (after a fallback). The
+	 * protocol is in docs/protocol.md. */
+	const char *daemon_socket;
+	/* What happens to faults when the daemon dies (with daemon_socket):
+	 * UPAGER_DAEMON_FALLBACK_LOCAL or UPAGER_DAEMON_FALLBACK_SIGBUS. */
+	unsigned daemon_fallback;
 };
+
+/* Values of upager_config.daemon_fallback. */
+#define UPAGER_DAEMON_FALLBACK_LOCAL 0u  /* start this process's own manager
+					    and workers and serve every
+					    region here, waking the threads
+					    the daemon left waiting */
+#define UPAGER_DAEMON_FALLBACK_SIGBUS 1u /* every later fault in a region
+					    raises SIGBUS (never zeros,
+					    never a hang) */
 
 /*! upager_create() :
  * Creates a runtime: opens a userfaultfd descriptor (close-on-exec),
@@ -99,7 +126,11 @@ struct upager_config {
  *         available to this process: see vm.unprivileged_userfaultfd),
  *         -EOPNOTSUPP (the kernel lacks a userfaultfd feature upager
  *         needs: EVENT_REMOVE, EVENT_UNMAP, EVENT_REMAP), -ENOMEM, or
- *         another -errno from io_uring or thread set-up. */
+ *         another -errno from io_uring or thread set-up. With
+ *         cfg->daemon_socket also -errno from connect (-ENOENT,
+ *         -ECONNREFUSED: no daemon there), -EPROTO (daemon of another
+ *         protocol version, or a malformed reply), -EACCES (the daemon
+ *         refused this user). */
 UPAGER_API int upager_create(const struct upager_config *cfg, upager_t **out);
 
 /*! upager_destroy() :
@@ -116,19 +147,37 @@ UPAGER_API void upager_destroy(upager_t *up);
 /* Flags of upager_store_file(). */
 #define UPAGER_STORE_DIRECT 0x1u /* read with O_DIRECT through aligned
 				    buffers: no page-cache pollution */
+#define UPAGER_STORE_WRITABLE 0x2u /* open read-write: regions mapped
+				      with UPAGER_MAP_WRITEBACK write
+				      their changes back to the file */
 
 /*! upager_store_file() :
- * A store backed by a regular file, read through io_uring. The file is
- * opened read-only, close-on-exec; its size is read at each
- * upager_map(): bytes past the end read as zeros.
+ * A store backed by a regular file, read (and written) through io_uring.
+ * The file is opened close-on-exec, read-only unless UPAGER_STORE_WRITABLE;
+ * its size is read at each upager_map(): bytes past the end read as zeros.
+ * Write-back may extend the file up to the end of a WRITEBACK region.
  * @path   file to open.
- * @flags  0 or UPAGER_STORE_DIRECT.
+ * @flags  0 or UPAGER_STORE_DIRECT | UPAGER_STORE_WRITABLE.
  * @out    receives the store with one reference held by the caller.
  * @return 0, -EINVAL (NULL argument, unknown flag, neither a regular file
  *         nor a block device),
  *         -ENOENT (no such file), -EACCES, or another -errno from open. */
 UPAGER_API int upager_store_file(const char *path, unsigned flags,
 				 upager_store_t **out);
+
+/*! upager_store_fd() :
+ * A file store over a descriptor the caller already holds (a pager daemon
+ * gets its clients' files this way, passed over a UNIX socket). Like
+ * upager_store_file() otherwise. Nothing is duplicated: on success the
+ * store owns @fd and closes it when freed; on failure @fd is untouched.
+ * @fd     a readable regular file or block device.
+ * @flags  0 or UPAGER_STORE_DIRECT (O_DIRECT is set on the open file
+ *         description if it is not already).
+ * @out    receives the store with one reference held by the caller.
+ * @return 0, -EINVAL (negative @fd, NULL @out, unknown flag, neither a
+ *         regular file nor a block device), -EBADF (@fd is not open or
+ *         is write-only), -ENOMEM, or -errno from fcntl (O_DIRECT). */
+UPAGER_API int upager_store_fd(int fd, unsigned flags, upager_store_t **out);
 
 /*! struct upager_store_ops : callbacks of a custom store.
  * Callbacks may be called from several worker threads at once and must be
@@ -239,9 +288,28 @@ struct upager_map_opts {
 	 * fault on the unit after the previous fault's). 0: off. Rounded up
 	 * to whole units; at most 1 GiB. */
 	size_t readahead;
-	/* Reserved: must be 0. */
+	/* UPAGER_MAP_* flags. */
 	unsigned flags;
+	/* Resident budget of the region in bytes (0: none). When the
+	 * region holds more than 7/8 of it, an eviction thread drops the
+	 * least recently faulted units (CLOCK with a second chance for
+	 * units faulted again soon after eviction, see docs/design.md) in
+	 * batches down to 3/4; a fault that would exceed the budget waits
+	 * briefly for it. Dirty units of a WRITEBACK region are written back
+	 * before they are dropped; dirty units of other regions are never
+	 * dropped (their writes exist nowhere else). At least one unit. */
+	uint64_t max_resident;
 };
+
+/* Flags of upager_map_opts. */
+#define UPAGER_MAP_WRITEBACK 0x1u /* writes go back to the store: tracked
+				     with userfaultfd write-protection,
+				     written back on eviction, upager_flush,
+				     UPAGER_ADV_DONTNEED, upager_unmap and
+				     upager_destroy. The store must be
+				     writable (a file store opened with
+				     UPAGER_STORE_WRITABLE, a custom store
+				     with ops->write, an lz4 store). */
 
 /*! upager_map() :
  * Reserves a private range of @length bytes, readable and writable, whose
@@ -269,13 +337,25 @@ UPAGER_API int upager_map(upager_t *up, upager_store_t *store,
 			  const struct upager_map_opts *opts, void **addr);
 
 /*! upager_unmap() :
- * Unregisters and unmaps the region that starts at @addr and drops its
- * store reference. Reads in flight for it complete first; after it
+ * Writes back the dirty units of a WRITEBACK region (a write-back error is
+ * returned and the region stays mapped, nothing lost; discard first with
+ * UPAGER_ADV_DISCARD to unmap anyway), then unregisters and unmaps the
+ * region that starts at @addr and drops its store reference. Reads in flight for it complete first; after it
  * returns no upager thread touches the range. Threads that still touch
  * the range afterwards get SIGSEGV, as with munmap.
  * @return 0, -EINVAL (@up or @addr NULL, or @addr is not the start of a
- *         region of @up). */
+ *         region of @up), or the -errno of a failed write-back. */
 UPAGER_API int upager_unmap(upager_t *up, void *addr);
+
+/*! upager_flush() :
+ * Writes back every dirty unit of the WRITEBACK region range
+ * [@addr, @addr + @len) and returns once the store holds it (for a file
+ * store: written and fdatasync'ed), like msync(MS_SYNC). A unit whose write
+ * fails stays dirty in memory and is retried by the next flush.
+ * Regions without UPAGER_MAP_WRITEBACK have nothing to flush: 0.
+ * @return 0, -EINVAL (NULL @up, @len 0, range not inside one region), or
+ *         the -errno of the first failed write (-EIO, -ENOSPC, ...). */
+UPAGER_API int upager_flush(upager_t *up, void *addr, size_t len);
 
 /* Advice for upager_advise(). */
 #define UPAGER_ADV_NORMAL 0     /* back to the region's own readahead */
@@ -284,8 +364,11 @@ UPAGER_API int upager_unmap(upager_t *up, void *addr);
 				   aggressively */
 #define UPAGER_ADV_RANDOM 3     /* access will be random: no readahead */
 #define UPAGER_ADV_DONTNEED 4   /* drop the range's pages: the next touch
-				   fetches from the store again; writes to
-				   the range are discarded */
+				   fetches from the store again; in a
+				   WRITEBACK region dirty units are written
+				   back first, elsewhere writes are lost */
+#define UPAGER_ADV_DISCARD 5    /* drop the range's pages and forget their
+				   writes, even in a WRITEBACK region */
 
 /*! upager_advise() :
  * Gives advice about the range [@addr, @addr + @len), which must lie in one
@@ -386,6 +469,12 @@ struct upager_stats {
 				     saw one got SIGBUS) */
 	uint64_t retries;         /* installs retried after EAGAIN/ENOENT */
 	uint64_t regions;         /* regions currently mapped */
+	uint64_t evictions;       /* units dropped to respect a budget */
+	uint64_t writebacks;      /* units written back to the store */
+	uint64_t write_errors;    /* write-backs that failed (unit kept) */
+	uint64_t dirty_units;     /* units written since last written back
+				     (current value) */
+	uint64_t resident_bytes;  /* bytes of installed units (current) */
 	/* Fault service time, from the manager reading the fault message to
 	 * the page being installed: bucket 0 counts times under 2 us, bucket
 	 * i > 0 counts times in [2^i, 2^(i+1)) us; the last bucket also
@@ -415,6 +504,176 @@ UPAGER_API const char *upager_strerror(int err);
 
 /*! upager_version() : the library's version string, "MAJOR.MINOR.PATCH". */
 UPAGER_API const char *upager_version(void);
+
+/* ------------------------------------------------------------------ */
+/* Remote store and page server                                        */
+/* ------------------------------------------------------------------ */
+
+/* A page server makes a store (or a plain memory buffer) readable over
+ * TCP; a remote store reads from one. The wire protocol is versioned and
+ * documented in docs/protocol.md ("Remote page protocol"). Each remote
+ * store opens two connections to the server: a "demand" connection for
+ * the reads of faulting threads (many in flight, matched by id, answered
+ * ahead of background traffic) and a "bulk" connection on which the
+ * server pushes every block in the background once asked to
+ * (upager_store_remote_push()), restarting its stream near the most
+ * recent demand read. Pushed blocks wait in a bounded cache in the store
+ * until a read takes them; when the cache is full the store stops reading
+ * the bulk connection and TCP flow control stalls the server. */
+
+/*! struct upager_remote_opts : options for upager_store_remote().
+ * Zero-initialise it; every zero field takes its default. */
+struct upager_remote_opts {
+	/* Capacity of the cache of pushed blocks, in bytes. 0: 64 MiB.
+	 * Rounded down to whole blocks; at least 4 blocks. */
+	size_t cache_bytes;
+	/* A demand read that gets no answer within this many milliseconds
+	 * fails with -EIO and closes the store's connections (the peer is
+	 * taken for dead). Also the TCP user timeout. 0: 10000. */
+	unsigned timeout_ms;
+	/* Optional. Called by the store's bulk receiver thread after each
+	 * pushed block [@offset, @offset + @len) entered the cache: the
+	 * application typically calls upager_advise(UPAGER_ADV_WILLNEED) on
+	 * the matching region range so that workers install the block
+	 * (reading it from the cache, which frees its slot). Must not call
+	 * upager_store_release() on this store. A block that no read ever
+	 * takes keeps its cache slot. */
+	void (*on_pushed)(void *arg, uint64_t offset, size_t len);
+	void *arg;
+	/* Reserved: must be 0. */
+	unsigned flags;
+};
+
+/*! upager_store_remote() :
+ * Connects to the page server at @host:@port (name or address; IPv4 or
+ * IPv6), checks the protocol version and learns the store's size and
+ * block size. The returned store reads through the server: regions
+ * mapped from it fault their pages in over the network. A read fails with
+ * -EIO (so the faulting thread gets SIGBUS) as soon as a connection
+ * breaks or times out; it never hangs and never reads as zeros.
+ * Regions over a remote store work best with a page_size equal to the
+ * server's block size and offsets aligned to it.
+ * @return 0, -EINVAL (NULL host, port or out, bad option),
+ *         -EPROTONOSUPPORT (the server speaks another protocol version),
+ *         -EPROTO (the server sent something invalid or an error),
+ *         -ECONNREFUSED, -ETIMEDOUT, -EHOSTUNREACH or another -errno from
+ *         name resolution (-ENOENT) or connect, -ENOMEM. */
+UPAGER_API int upager_store_remote(const char *host, const char *port,
+				   const struct upager_remote_opts *opts,
+				   upager_store_t **out);
+
+/*! upager_store_remote_push() :
+ * Asks the server to start the background push stream of remote store @s
+ * (at most once; later calls do nothing). Call it once the regions that
+ * on_pushed will advise are mapped.
+ * @return 0, -EINVAL (@s is not a remote store), -EIO (connection
+ *         broken). */
+UPAGER_API int upager_store_remote_push(upager_store_t *s);
+
+/*! upager_store_remote_read() :
+ * Reads @len bytes at @offset through remote store @s, exactly as a fault
+ * would: from the push cache when every block is there (taking the blocks
+ * out of it), else with a demand request. For applications that layer
+ * their own custom store over a remote one. Thread-safe.
+ * @return 0, -EINVAL (not a remote store, range past the end), -EIO. */
+UPAGER_API int upager_store_remote_read(upager_store_t *s, void *buf,
+					size_t len, uint64_t offset);
+
+/*! struct upager_remote_stats : counters of a remote store. */
+struct upager_remote_stats {
+	uint64_t size;            /* store bytes, from the server */
+	uint64_t block_size;      /* push unit, from the server */
+	uint64_t demand_reads;    /* reads sent on the demand connection */
+	uint64_t demand_bytes;
+	uint64_t cache_reads;     /* reads served from pushed blocks */
+	uint64_t pushed_blocks;   /* blocks received on the bulk connection */
+	uint64_t pushed_dropped;  /* of those, dropped (already read) */
+	uint64_t bytes_received;  /* payload bytes, both connections */
+	uint64_t cache_blocks;    /* blocks in the cache now */
+	uint64_t demand_us_hist[UPAGER_HIST_BUCKETS]; /* demand round trips,
+				     bucketed as upager_stats.fault_us_hist */
+	int push_done;            /* the server finished pushing */
+	int broken;               /* a connection broke: reads fail */
+};
+
+/*! upager_store_remote_stats() :
+ * Fills @out with the counters of remote store @s.
+ * @return 0, -EINVAL (NULL argument, not a remote store). */
+UPAGER_API int upager_store_remote_stats(upager_store_t *s,
+					 struct upager_remote_stats *out);
+
+/*! upager_page_server_t : serves one store or memory buffer to any
+ * number of remote stores; one thread per connection. */
+typedef struct upager_page_server upager_page_server_t;
+
+/* Flags of struct upager_page_server_opts. */
+#define UPAGER_SERVER_IN_ORDER 0x1u /* push in offset order, ignoring
+				       where demand reads land */
+
+/*! struct upager_page_server_opts : options of a page server.
+ * Zero-initialise it; every zero field takes its default. */
+struct upager_page_server_opts {
+	/* Push unit in bytes, a power of two from 4 KiB to 2 MiB.
+	 * 0: 64 KiB. */
+	size_t block_size;
+	/* UPAGER_SERVER_* flags. */
+	unsigned flags;
+};
+
+/*! upager_page_server_mem() :
+ * Starts a page server on @listen_fd (a listening TCP socket; the server
+ * accepts on it but does not close it) serving the @size bytes at @base.
+ * The caller keeps the buffer mapped until upager_page_server_stop()
+ * returns; pushes and reads copy whatever it holds when they run.
+ * @return 0, -EINVAL (NULL or zero argument, bad option), -ENOMEM, or
+ *         -errno from thread creation. */
+UPAGER_API int upager_page_server_mem(int listen_fd, const void *base,
+				      uint64_t size,
+				      const struct upager_page_server_opts *opts,
+				      upager_page_server_t **out);
+
+/*! upager_page_server_store() :
+ * As upager_page_server_mem(), serving store @store (file or custom
+ * store with a size; the server takes a reference).
+ * @return as upager_page_server_mem(), or -EOPNOTSUPP (a store kind
+ *         the server cannot read, or a store without an end). */
+UPAGER_API int upager_page_server_store(int listen_fd, upager_store_t *store,
+					const struct upager_page_server_opts *opts,
+					upager_page_server_t **out);
+
+/*! upager_page_server_set_push_map() :
+ * Restricts the push stream to the blocks whose bit is set in @map (bit b
+ * of byte b/8 for block b, @nblocks bits; @map is copied). Blocks outside
+ * the map are still served on demand. Affects push streams started after
+ * the call. @map NULL: push every block (the default).
+ * @return 0, -EINVAL (@nblocks differs from the server's block count),
+ *         -ENOMEM. */
+UPAGER_API int upager_page_server_set_push_map(upager_page_server_t *srv,
+					       const uint8_t *map,
+					       size_t nblocks);
+
+/*! struct upager_page_server_stats : counters of a page server. */
+struct upager_page_server_stats {
+	uint64_t connections;   /* accepted */
+	uint64_t refused;       /* closed at hello (bad version, ...) */
+	uint64_t reads;         /* demand reads served */
+	uint64_t read_bytes;
+	uint64_t pushed_blocks; /* blocks sent on push streams */
+	uint64_t pushed_bytes;
+	uint64_t restarts;      /* push stream moved to a demand read */
+	uint64_t streams_done;  /* push streams that sent every block */
+};
+
+/*! upager_page_server_stats() : fills @out with @srv's counters.
+ * @return 0, -EINVAL (NULL argument). */
+UPAGER_API int upager_page_server_stats(upager_page_server_t *srv,
+					struct upager_page_server_stats *out);
+
+/*! upager_page_server_stop() :
+ * Stops accepting, closes every connection (their clients' reads then
+ * fail with -EIO), joins the threads and frees the server. The listening
+ * socket stays open. NULL is a no-op. */
+UPAGER_API void upager_page_server_stop(upager_page_server_t *srv);
 
 #ifdef __cplusplus
 }

@@ -32,7 +32,8 @@ enum upager__store_kind {
 struct upager_store {
 	atomic_uint refs;
 	enum upager__store_kind kind;
-	int fd;         /* file store */
+	int fd;         /* file store: reads */
+	int wfd;        /* file store: writes (-1: read-only) */
 	unsigned flags; /* UPAGER_STORE_* */
 	struct upager_store_ops ops; /* custom store */
 	void *ctx;
@@ -44,27 +45,64 @@ void upager__store_ref(upager_store_t *s) UPAGER__HIDDEN;
 
 /* ---- per-unit state: one byte per install unit ---- */
 
+/* Low three bits: the state. */
 enum {
 	UNIT_EMPTY = 0,    /* not present: a fault must fetch it */
 	UNIT_QUEUED = 1,   /* in the prefetch queue, no read started */
 	UNIT_FETCHING = 2, /* a worker owns it: read or install in flight */
 	UNIT_PRESENT = 3,  /* installed (or poisoned after a read error) */
+	UNIT_BUSY = 4,     /* the write-back thread owns it: being written
+			      back or evicted; faults on it wait */
 };
+#define UNIT_STATE 0x07u
+/* Flags above the state. */
+#define UNIT_DIRTY 0x08u   /* written since it was last written back */
+#define UNIT_HOT 0x10u     /* faulted again soon after an eviction: the
+			      eviction clock passes over it once */
+#define UNIT_GHOST 0x20u   /* evicted and not faulted since */
+#define UNIT_REMOVED 0x40u /* zapped by the application while BUSY */
 
-static inline uint8_t unit_get(const uint8_t *st, size_t u)
+static inline uint8_t unit_byte(const uint8_t *st, size_t u)
 {
 	return __atomic_load_n(&st[u], __ATOMIC_ACQUIRE);
 }
 
-static inline void unit_set(uint8_t *st, size_t u, uint8_t v)
+static inline uint8_t unit_get(const uint8_t *st, size_t u)
 {
-	__atomic_store_n(&st[u], v, __ATOMIC_RELEASE);
+	return unit_byte(st, u) & UNIT_STATE;
+}
+
+/* State from -> to, setting and clearing flags on the way; false (and no
+ * change) if the state is not `from`. *prev (if not NULL) gets the byte
+ * the change replaced. */
+static inline bool unit_update_prev(uint8_t *st, size_t u, uint8_t from,
+				    uint8_t to, uint8_t set, uint8_t clear,
+				    uint8_t *prev)
+{
+	uint8_t old = unit_byte(st, u);
+	for (;;) {
+		if ((old & UNIT_STATE) != from)
+			return false;
+		uint8_t nv = (uint8_t)((((old & ~clear) | set) & ~UNIT_STATE) | to);
+		if (__atomic_compare_exchange_n(&st[u], &old, nv, false,
+						__ATOMIC_ACQ_REL,
+						__ATOMIC_ACQUIRE)) {
+			if (prev)
+				*prev = old;
+			return true;
+		}
+	}
+}
+
+static inline bool unit_update(uint8_t *st, size_t u, uint8_t from,
+			       uint8_t to, uint8_t set, uint8_t clear)
+{
+	return unit_update_prev(st, u, from, to, set, clear, NULL);
 }
 
 static inline bool unit_cas(uint8_t *st, size_t u, uint8_t from, uint8_t to)
 {
-	return __atomic_compare_exchange_n(&st[u], &from, to, false,
-					   __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+	return unit_update(st, u, from, to, 0, 0);
 }
 
 /* ---- statistics ---- */
@@ -77,6 +115,9 @@ struct upager__counters {
 	atomic_uint_fast64_t zero;
 	atomic_uint_fast64_t read_errors;
 	atomic_uint_fast64_t retries;
+	atomic_uint_fast64_t evictions;
+	atomic_uint_fast64_t writebacks;
+	atomic_uint_fast64_t write_errors;
 	atomic_uint_fast64_t hist[UPAGER_HIST_BUCKETS];
 };
 
@@ -111,6 +152,14 @@ struct upager__region {
 	atomic_bool dead;     /* upager_unmap has started */
 	atomic_bool app_unmapped; /* the application munmapped the whole range */
 
+	/* Write-back and budget. */
+	bool writeback;       /* UPAGER_MAP_WRITEBACK */
+	bool wp;              /* registered for write-protect faults */
+	size_t budget_units;  /* max resident units, 0: none */
+	atomic_size_t resident; /* units installed */
+	atomic_size_t dirty;    /* units with UNIT_DIRTY */
+	size_t clock_hand;    /* write-back thread only */
+
 	/* Readahead, touched by the manager only (advice: any thread). */
 	size_t ra_units;      /* window from the map options */
 	atomic_int advice;    /* UPAGER_ADV_NORMAL/SEQUENTIAL/RANDOM */
@@ -138,6 +187,8 @@ struct upager__req {
 	size_t unit;
 	uint64_t t0;     /* CLOCK_MONOTONIC ns when the fault was read */
 	uint32_t tid;    /* faulting thread (0 if unknown) */
+	bool write;      /* a write fault: install writable and dirty */
+	bool demand;     /* a thread waits (else a prefetch) */
 };
 
 /* A prefetch batch: units [first, first+count) marked UNIT_QUEUED. */
@@ -184,6 +235,7 @@ struct upager__uffd_caps {
 	bool poison;
 	bool move;
 	bool thread_id;
+	bool wp;        /* write-protect faults on anonymous memory */
 };
 
 int upager__uffd_open(int *fd, struct upager__uffd_caps *caps) UPAGER__HIDDEN;
@@ -203,7 +255,29 @@ int upager__uffd_poison(int fd, uintptr_t dst, size_t len, size_t *done) UPAGER_
  * when the range is gone or the runtime stops. */
 enum upager__fill { FILL_COPY, FILL_ZERO, FILL_POISON };
 int upager__install(struct upager__region *r, size_t unit, const void *src,
-		    enum upager__fill how) UPAGER__HIDDEN;
+		    enum upager__fill how, bool wp) UPAGER__HIDDEN;
+int upager__uffd_register_mode(int fd, uintptr_t base, size_t len,
+			       uint64_t mode) UPAGER__HIDDEN;
+int upager__uffd_writeprotect(int fd, uintptr_t base, size_t len,
+			      bool protect) UPAGER__HIDDEN;
+/* Moves len bytes of pages from src to dst (holes allowed); *done gets
+ * the bytes handled. */
+int upager__uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len,
+		      size_t *done) UPAGER__HIDDEN;
+
+/* ---- write-back thread (writeback.c) ---- */
+
+int upager__wb_start(upager_t *up) UPAGER__HIDDEN;
+void upager__wb_stop(upager_t *up) UPAGER__HIDDEN;
+/* A region went over its high watermark. */
+void upager__wb_kick(upager_t *up) UPAGER__HIDDEN;
+/* Waits (briefly, bounded) until r is under its budget. */
+void upager__wb_wait_room(upager_t *up, struct upager__region *r) UPAGER__HIDDEN;
+/* Writes back the dirty units of r in [first, first+count); evict: drop
+ * them too (clean ones as well). Blocks until done. Returns 0 or the
+ * first write error. Caller holds a reference on r. */
+int upager__wb_range(upager_t *up, struct upager__region *r, size_t first,
+		     size_t count, bool evict) UPAGER__HIDDEN;
 
 /* ---- address spaces ---- */
 
@@ -245,6 +319,10 @@ int upager__region_new(struct upager__space *sp, upager_store_t *store,
 void upager__region_free(struct upager__region *r) UPAGER__HIDDEN;
 int upager__region_remove(struct upager__space *sp, uintptr_t base) UPAGER__HIDDEN;
 void upager__space_clear(struct upager__space *sp) UPAGER__HIDDEN;
+/* Writes back r's dirty units in [first, first+count) and syncs. */
+int upager__region_flush(struct upager__region *r, size_t first,
+			 size_t count) UPAGER__HIDDEN;
+int upager__space_flush(struct upager__space *sp, uintptr_t a, size_t len) UPAGER__HIDDEN;
 int upager__space_advise(struct upager__space *sp, uintptr_t a, size_t len,
 			 int advice) UPAGER__HIDDEN;
 /* Adds the counters of the region holding addr (0: of every region and
@@ -284,8 +362,34 @@ struct upager {
 	pthread_t manager;
 	bool manager_started;
 	struct upager__worker *workers;
+	/* client.c: set when upagerd serves this runtime's faults. */
+	struct upager__client *client;
+	struct upager__wb *wb;
+	uint64_t budget_units_4k; /* runtime-wide budget in 4 KiB pages */
+	atomic_int wb_tid;        /* the write-back thread's id */
 };
 
 uint64_t upager__now_ns(void) UPAGER__HIDDEN;
+
+/* ---- client.c: a runtime served by upagerd (config.daemon_socket) ---- */
+
+struct upager__client;
+/* Connects, hands over home.uffd, starts the watcher; sets up->client and
+ * up->nworkers = 0 (workers start only on a LOCAL fallback). */
+int upager__client_connect(upager_t *up, const struct upager_config *cfg) UPAGER__HIDDEN;
+/* Stops the watcher and disconnects; up->client becomes NULL. */
+void upager__client_close(upager_t *up) UPAGER__HIDDEN;
+/* upager_map, before anything changes: -EOPNOTSUPP for what cannot be
+ * handed to the daemon. 0 when up is not a client. */
+int upager__client_check_map(upager_t *up, upager_store_t *store,
+			     const struct upager_map_opts *opts) UPAGER__HIDDEN;
+/* upager_map, after the table insert: describes r to the daemon. */
+int upager__client_map(upager_t *up, struct upager__region *r) UPAGER__HIDDEN;
+/* upager_unmap / upager_advise of a client runtime (the whole call). */
+int upager__client_unmap(upager_t *up, uintptr_t base) UPAGER__HIDDEN;
+int upager__client_advise(upager_t *up, uintptr_t a, size_t len,
+			  int advice) UPAGER__HIDDEN;
+/* upager_stats(up, NULL): adds the daemon's counters for this client. */
+int upager__client_stats_add(upager_t *up, struct upager_stats *acc) UPAGER__HIDDEN;
 
 #endif /* UPAGER_INTERNAL_H */

@@ -118,13 +118,14 @@ static void flush_demand(struct mgr *m)
 }
 
 static void queue_demand(struct mgr *m, struct upager__region *r, size_t u,
-			 uint64_t t0, uint32_t tid)
+			 uint64_t t0, uint32_t tid, bool write)
 {
 	if (m->npending == BATCH)
 		flush_demand(m);
 	atomic_fetch_add(&r->refs, 1);
 	m->pending[m->npending++] = (struct upager__req){
-		.r = r, .unit = u, .t0 = t0, .tid = tid,
+		.r = r, .unit = u, .t0 = t0, .tid = tid, .write = write,
+		.demand = true,
 	};
 }
 
@@ -157,6 +158,43 @@ static void readahead(upager_t *up, struct upager__region *r, size_t u)
 	r->ra_next = end;
 }
 
+/* Accounting for a PRESENT unit (old byte b) that is no longer there. */
+static void unit_forgotten(struct upager__region *r, uint8_t b)
+{
+	atomic_fetch_sub(&r->resident, 1);
+	if (b & UNIT_DIRTY)
+		atomic_fetch_sub(&r->dirty, 1);
+}
+
+/* A write to a write-protected page: the unit becomes dirty and writable.
+ * While the write-back thread owns the unit the thread waits for it. */
+static void on_wp_fault(struct upager__space *sp, struct upager__region *r,
+			size_t u)
+{
+	uintptr_t ua = r->base + (u << r->page_shift);
+	for (;;) {
+		uint8_t b = unit_byte(r->state, u), s = b & UNIT_STATE;
+		if (s == UNIT_BUSY)
+			return;
+		if (s != UNIT_PRESENT && s != UNIT_FETCHING)
+			break; /* gone meanwhile: let it fault again */
+		if (b & UNIT_DIRTY)
+			break;
+		/* FETCHING: the install is waking its waiters and has not
+		 * yet marked the unit PRESENT; the flag travels with it and
+		 * the worker counts it. */
+		if (unit_update(r->state, u, s, s, UNIT_DIRTY, 0)) {
+			if (s == UNIT_PRESENT)
+				atomic_fetch_add(&r->dirty, 1);
+			break;
+		}
+	}
+	/* Un-protecting wakes the waiters; a page no longer there is not
+	 * protected, so wake explicitly too. */
+	if (upager__uffd_writeprotect(sp->uffd, ua, r->page_size, false))
+		upager__uffd_wake(sp->uffd, ua, r->page_size);
+}
+
 static bool page_resident(uintptr_t page)
 {
 	unsigned char v = 0;
@@ -184,13 +222,35 @@ static void on_fault(struct mgr *m, struct upager__space *sp,
 	}
 	CNT_INC(&r->cnt, faults, 1);
 	size_t u = (addr - r->base) >> r->page_shift;
+	uint64_t flags = msg->arg.pagefault.flags;
+	if (flags & UFFD_PAGEFAULT_FLAG_WP) {
+		on_wp_fault(sp, r, u);
+		return;
+	}
+	bool write = flags & UFFD_PAGEFAULT_FLAG_WRITE;
 	for (;;) {
-		uint8_t s = unit_get(r->state, u);
+		uint8_t b = unit_byte(r->state, u), s = b & UNIT_STATE;
 		if (s == UNIT_EMPTY || s == UNIT_QUEUED) {
-			if (!unit_cas(r->state, u, s, UNIT_FETCHING))
+			/* Faulted again after an eviction: the eviction
+			 * clock will pass over it once. */
+			uint8_t set = (b & UNIT_GHOST) ? UNIT_HOT : 0;
+			if (!unit_update(r->state, u, s, UNIT_FETCHING, set,
+					 UNIT_GHOST))
 				continue;
-			queue_demand(m, r, u, now, tid);
+			queue_demand(m, r, u, now, tid, write);
 			readahead(up, r, u);
+			return;
+		}
+		if (s == UNIT_BUSY) {
+			/* The write-back thread wakes us when done, unless
+			 * we are the write-back thread, copying a page the
+			 * application dropped meanwhile: give it zeros (the
+			 * unit is dropped afterwards). */
+			if (tid && (int)tid == atomic_load(&up->wb_tid)) {
+				size_t done;
+				upager__uffd_zero(sp->uffd, addr, 4096, &done);
+				upager__uffd_wake(sp->uffd, addr, 4096);
+			}
 			return;
 		}
 		if (s == UNIT_FETCHING) {
@@ -208,8 +268,31 @@ static void on_fault(struct mgr *m, struct upager__space *sp,
 			upager__uffd_wake(sp->uffd, addr, 4096);
 			return;
 		}
-		if (unit_cas(r->state, u, UNIT_PRESENT, UNIT_FETCHING)) {
-			queue_demand(m, r, u, now, tid);
+		if (unit_update(r->state, u, UNIT_PRESENT, UNIT_FETCHING, 0,
+				UNIT_DIRTY)) {
+			unit_forgotten(r, b);
+			queue_demand(m, r, u, now, tid, write);
+			return;
+		}
+	}
+}
+
+/* The application dropped the unit's pages (or some of them). */
+static void forget_unit(struct upager__region *r, size_t u)
+{
+	for (;;) {
+		uint8_t b = unit_byte(r->state, u), s = b & UNIT_STATE;
+		if (s == UNIT_EMPTY)
+			return;
+		if (s == UNIT_BUSY) {
+			/* The write-back thread owns it: tell it. */
+			if (unit_update(r->state, u, s, s, UNIT_REMOVED, 0))
+				return;
+			continue;
+		}
+		if (unit_update(r->state, u, s, UNIT_EMPTY, 0, UNIT_DIRTY)) {
+			if (s == UNIT_PRESENT)
+				unit_forgotten(r, b);
 			return;
 		}
 	}
@@ -227,7 +310,7 @@ static void forget_range(struct upager__space *sp, uintptr_t a, uintptr_t b)
 		size_t f, n;
 		upager__units_of(r, a, b, &f, &n);
 		for (size_t k = 0; k < n; k++)
-			unit_set(r->state, f + k, UNIT_EMPTY);
+			forget_unit(r, f + k);
 		r->ra_next = 0;
 	}
 }

@@ -21,6 +21,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "compat.h"
 #include "internal.h"
 
 #define DEFAULT_QD 64u
@@ -35,6 +36,8 @@ static bool pow2(uint64_t v)
 static int check_config(const struct upager_config *c)
 {
 	if (c->workers > 256 || c->flags)
+		return -EINVAL;
+	if (c->daemon_fallback > UPAGER_DAEMON_FALLBACK_SIGBUS)
 		return -EINVAL;
 	if (c->queue_depth && (!pow2(c->queue_depth) || c->queue_depth > 4096))
 		return -EINVAL;
@@ -116,6 +119,21 @@ int upager_create(const struct upager_config *cfg, upager_t **out)
 		rc = -errno;
 		goto fail_ctl;
 	}
+	if (c.daemon_socket) {
+		/* upagerd serves the faults (client.c): no manager or
+		 * workers here unless the daemon dies. */
+		rc = upager__client_connect(up, &c);
+		if (rc)
+			goto fail_workers;
+		*out = up;
+		return 0;
+	}
+	up->budget_units_4k = c.max_resident >> 12;
+	if (c.max_resident && !up->budget_units_4k)
+		up->budget_units_4k = 1;
+	rc = upager__wb_start(up);
+	if (rc)
+		goto fail_ctl;
 	rc = upager__workers_start(up);
 	if (rc)
 		goto fail_workers;
@@ -129,6 +147,8 @@ int upager_create(const struct upager_config *cfg, upager_t **out)
 fail_manager:
 	upager__workers_stop(up);
 fail_workers:
+	atomic_store(&up->stopping, true);
+	upager__wb_stop(up);
 fail_ctl:
 	if (up->epfd >= 0)
 		close(up->epfd);
@@ -176,6 +196,9 @@ int upager_map(upager_t *up, upager_store_t *store, uint64_t offset,
 {
 	if (!up || !addr)
 		return -EINVAL;
+	int crc = upager__client_check_map(up, store, opts);
+	if (crc)
+		return crc;
 	struct upager__region *r;
 	int rc = upager__region_new(&up->home, store, offset, length, opts, &r);
 	if (rc)
@@ -193,7 +216,9 @@ int upager_map(upager_t *up, upager_store_t *store, uint64_t offset,
 		rc = -errno;
 		goto fail_advise;
 	}
-	rc = upager__uffd_register(up->home.uffd, r->base, r->span);
+	rc = upager__uffd_register_mode(up->home.uffd, r->base, r->span,
+			UFFDIO_REGISTER_MODE_MISSING |
+			(r->wp ? UFFDIO_REGISTER_MODE_WP : 0));
 	if (rc)
 		goto fail_advise;
 	pthread_rwlock_wrlock(&up->home.table_lock);
@@ -201,6 +226,13 @@ int upager_map(upager_t *up, upager_store_t *store, uint64_t offset,
 	pthread_rwlock_unlock(&up->home.table_lock);
 	if (rc)
 		goto fail_insert;
+	rc = upager__client_map(up, r); /* daemon mode: hand it over */
+	if (rc) {
+		pthread_rwlock_wrlock(&up->home.table_lock);
+		upager__table_remove(&up->home, r);
+		pthread_rwlock_unlock(&up->home.table_lock);
+		goto fail_insert;
+	}
 	*addr = mem;
 	return 0;
 
@@ -217,6 +249,8 @@ int upager_unmap(upager_t *up, void *addr)
 {
 	if (!up || !addr)
 		return -EINVAL;
+	if (up->client)
+		return upager__client_unmap(up, (uintptr_t)addr);
 	return upager__region_remove(&up->home, (uintptr_t)addr);
 }
 
@@ -224,6 +258,8 @@ void upager_destroy(upager_t *up)
 {
 	if (!up)
 		return;
+	/* Daemon mode: stop the watcher and let the daemon drop us. */
+	upager__client_close(up);
 	/* Adopted spaces first, then our own regions: nothing registered
 	 * may outlive the threads (design.md, rule 6). */
 	for (;;) {
@@ -242,6 +278,7 @@ void upager_destroy(upager_t *up)
 	if (up->manager_started)
 		pthread_join(up->manager, NULL);
 	upager__workers_stop(up);
+	upager__wb_stop(up);
 	close(up->epfd);
 	close(up->ctl_fd);
 	close(up->home.uffd);
@@ -256,10 +293,19 @@ void upager_destroy(upager_t *up)
 	free(up);
 }
 
+int upager_flush(upager_t *up, void *addr, size_t len)
+{
+	if (!up)
+		return -EINVAL;
+	return upager__space_flush(&up->home, (uintptr_t)addr, len);
+}
+
 int upager_advise(upager_t *up, void *addr, size_t len, int advice)
 {
 	if (!up)
 		return -EINVAL;
+	if (up->client)
+		return upager__client_advise(up, (uintptr_t)addr, len, advice);
 	return upager__space_advise(&up->home, (uintptr_t)addr, len, advice);
 }
 
@@ -278,6 +324,9 @@ int upager_stats(upager_t *up, void *addr, struct upager_stats *out)
 		for (struct upager__space *sp = up->spaces; sp; sp = sp->next)
 			upager__space_stats_add(sp, 0, &st);
 		pthread_rwlock_unlock(&up->spaces_lock);
+		rc = upager__client_stats_add(up, &st); /* daemon mode */
+		if (rc)
+			return rc;
 	}
 	*out = st;
 	return 0;

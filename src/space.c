@@ -27,6 +27,9 @@
 
 #define MAX_READAHEAD (1ull << 30)
 
+static struct upager__region *get_range(struct upager__space *sp, uintptr_t a,
+					size_t len);
+
 static bool pow2(uint64_t v)
 {
 	return v && !(v & (v - 1));
@@ -42,8 +45,9 @@ int upager__region_new(struct upager__space *sp, upager_store_t *store,
 		return -EINVAL;
 	if (opts)
 		o = *opts;
-	if (o.flags)
+	if (o.flags & ~UPAGER_MAP_WRITEBACK)
 		return -EINVAL;
+	bool writeback = o.flags & UPAGER_MAP_WRITEBACK;
 	if (o.page_size == 0)
 		o.page_size = UPAGER_PAGE_SIZE_MIN;
 	if (!pow2(o.page_size) || o.page_size < UPAGER_PAGE_SIZE_MIN ||
@@ -54,10 +58,22 @@ int upager__region_new(struct upager__space *sp, upager_store_t *store,
 	if (offset + length < offset || length > SIZE_MAX - o.page_size)
 		return -EINVAL;
 
+	if (writeback && !(store->kind == UPAGER__STORE_FILE ? store->wfd >= 0 :
+					   store->ops.write != NULL))
+		return -EINVAL; /* nowhere to write back to */
+	/* Budgets and write-back need write-protect faults. */
+	bool wp = writeback || o.max_resident || sp->up->budget_units_4k;
+	if (wp && (!sp->caps.wp || !sp->local))
+		return -EOPNOTSUPP;
+
 	uint64_t size;
 	int rc = upager__store_size(store, &size);
 	if (rc)
 		return rc < 0 ? rc : -EIO;
+	/* Written-back units may extend the store up to the region's end,
+	 * so a writable region reads up to there (short reads give zeros). */
+	if (writeback)
+		size = UINT64_MAX;
 
 	struct upager__region *r = calloc(1, sizeof(*r));
 	if (!r)
@@ -74,6 +90,12 @@ int upager__region_new(struct upager__space *sp, upager_store_t *store,
 		      (size - offset < length ? size - offset : length);
 	r->ra_units = (o.readahead + o.page_size - 1) >> r->page_shift;
 	r->last_fault = SIZE_MAX - 1;
+	r->writeback = writeback;
+	r->wp = wp;
+	if (o.max_resident) {
+		uint64_t b = o.max_resident >> r->page_shift;
+		r->budget_units = b ? (size_t)b : 1;
+	}
 	atomic_init(&r->refs, 1);
 	atomic_init(&r->advice, UPAGER_ADV_NORMAL);
 	/* One byte per unit; calloc of a large array maps zero pages lazily,
@@ -125,14 +147,59 @@ int upager__region_remove(struct upager__space *sp, uintptr_t base)
 {
 	pthread_rwlock_wrlock(&sp->table_lock);
 	struct upager__region *r = upager__lookup(sp, base);
-	if (!r || r->base != base) {
+	if (!r || r->base != base || atomic_load(&r->dead)) {
 		pthread_rwlock_unlock(&sp->table_lock);
 		return -EINVAL;
+	}
+	if (r->writeback) {
+		/* Write back while the region still serves faults; on
+		 * failure it stays mapped and dirty: nothing lost. */
+		atomic_fetch_add(&r->refs, 1);
+		pthread_rwlock_unlock(&sp->table_lock);
+		int rc = upager__region_flush(r, 0, r->nunits);
+		pthread_rwlock_wrlock(&sp->table_lock);
+		upager__region_put(r);
+		if (rc) {
+			pthread_rwlock_unlock(&sp->table_lock);
+			return rc;
+		}
+		/* Unmapped by another thread meanwhile? */
+		struct upager__region *again = upager__lookup(sp, base);
+		if (again != r || atomic_load(&r->dead)) {
+			pthread_rwlock_unlock(&sp->table_lock);
+			return -EINVAL;
+		}
 	}
 	upager__table_remove(sp, r);
 	pthread_rwlock_unlock(&sp->table_lock);
 	region_teardown(r);
 	return 0;
+}
+
+int upager__region_flush(struct upager__region *r, size_t first,
+			  size_t count)
+{
+	if (!r->writeback)
+		return 0;
+	int rc = upager__wb_range(r->up, r, first, count, false);
+	if (rc == 0 && r->store->kind == UPAGER__STORE_FILE &&
+	    fdatasync(r->store->wfd))
+		rc = -errno;
+	return rc;
+}
+
+int upager__space_flush(struct upager__space *sp, uintptr_t a, size_t len)
+{
+	if (!a || len == 0 || a + len < a)
+		return -EINVAL;
+	struct upager__region *r = get_range(sp, a, len);
+	if (!r)
+		return -EINVAL;
+	size_t first, count;
+	upager__units_of(r, a, a + len, &first, &count);
+	int rc = upager__region_flush(r, first, count);
+	upager__region_put(r);
+	return rc;
 }
 
 void upager__space_clear(struct upager__space *sp)
@@ -144,6 +211,8 @@ void upager__space_clear(struct upager__space *sp)
 		pthread_rwlock_unlock(&sp->table_lock);
 		if (!r)
 			break;
+		/* Best effort: nobody is left to report an error to. */
+		upager__region_flush(r, 0, r->nunits);
 		region_teardown(r);
 	}
 }
@@ -168,9 +237,10 @@ int upager__space_advise(struct upager__space *sp, uintptr_t a, size_t len,
 {
 	if (!a || len == 0 || a + len < a)
 		return -EINVAL;
-	if (advice < UPAGER_ADV_NORMAL || advice > UPAGER_ADV_DONTNEED)
+	if (advice < UPAGER_ADV_NORMAL || advice > UPAGER_ADV_DISCARD)
 		return -EINVAL;
-	if (advice == UPAGER_ADV_DONTNEED && !sp->local)
+	if ((advice == UPAGER_ADV_DONTNEED || advice == UPAGER_ADV_DISCARD) &&
+	    !sp->local)
 		return -EOPNOTSUPP; /* another process's pages */
 	struct upager__region *r = get_range(sp, a, len);
 	if (!r)
@@ -182,7 +252,14 @@ int upager__space_advise(struct upager__space *sp, uintptr_t a, size_t len,
 	case UPAGER_ADV_WILLNEED:
 		upager__prefetch(sp->up, r, first, count, true);
 		break;
-	case UPAGER_ADV_DONTNEED: {
+	case UPAGER_ADV_DONTNEED:
+		if (r->writeback) {
+			/* Written back, then dropped. */
+			rc = upager__wb_range(sp->up, r, first, count, true);
+			break;
+		}
+		/* fall through */
+	case UPAGER_ADV_DISCARD: {
 		/* The kernel reports the zap to the manager as a REMOVE
 		 * event, which resets the units' state. */
 		void *p = (void *)(r->base + (first << r->page_shift));
@@ -198,6 +275,15 @@ int upager__space_advise(struct upager__space *sp, uintptr_t a, size_t len,
 	return rc;
 }
 
+static void region_stats_add(struct upager__region *r,
+			     struct upager_stats *acc)
+{
+	upager__counters_add_to(&r->cnt, acc);
+	acc->dirty_units += atomic_load(&r->dirty);
+	acc->resident_bytes += (uint64_t)atomic_load(&r->resident)
+			       << r->page_shift;
+}
+
 int upager__space_stats_add(struct upager__space *sp, uintptr_t addr,
 			    struct upager_stats *acc)
 {
@@ -208,11 +294,11 @@ int upager__space_stats_add(struct upager__space *sp, uintptr_t addr,
 			pthread_rwlock_unlock(&sp->table_lock);
 			return -EINVAL;
 		}
-		upager__counters_add_to(&r->cnt, acc);
+		region_stats_add(r, acc);
 		acc->regions += 1;
 	} else {
 		for (size_t i = 0; i < sp->nregions; i++)
-			upager__counters_add_to(&sp->table[i]->cnt, acc);
+			region_stats_add(sp->table[i], acc);
 		acc->regions += sp->nregions;
 		upager__counters_add_to(&sp->retired, acc);
 	}

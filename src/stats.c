@@ -42,6 +42,9 @@ void upager__counters_add_to(const struct upager__counters *c,
 	out->zero_pages += LOAD(c->zero);
 	out->read_errors += LOAD(c->read_errors);
 	out->retries += LOAD(c->retries);
+	out->evictions += LOAD(c->evictions);
+	out->writebacks += LOAD(c->writebacks);
+	out->write_errors += LOAD(c->write_errors);
 	for (unsigned i = 0; i < UPAGER_HIST_BUCKETS; i++)
 		out->fault_us_hist[i] += LOAD(c->hist[i]);
 }
@@ -56,6 +59,9 @@ void upager__counters_fold(struct upager__counters *dst,
 	CNT_INC(dst, zero, LOAD(src->zero));
 	CNT_INC(dst, read_errors, LOAD(src->read_errors));
 	CNT_INC(dst, retries, LOAD(src->retries));
+	CNT_INC(dst, evictions, LOAD(src->evictions));
+	CNT_INC(dst, writebacks, LOAD(src->writebacks));
+	CNT_INC(dst, write_errors, LOAD(src->write_errors));
 	for (unsigned i = 0; i < UPAGER_HIST_BUCKETS; i++)
 		CNT_INC(dst, hist[i], LOAD(src->hist[i]));
 }

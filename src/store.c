@@ -16,31 +16,84 @@
 
 #include "internal.h"
 
+static void rc_close(int fd, int wfd)
+{
+	if (wfd >= 0 && wfd != fd)
+		close(wfd);
+	close(fd);
+}
+
 int upager_store_file(const char *path, unsigned flags, upager_store_t **out)
 {
-	if (!path || !out || (flags & ~UPAGER_STORE_DIRECT))
+	if (!path || !out ||
+	    (flags & ~(UPAGER_STORE_DIRECT | UPAGER_STORE_WRITABLE)))
 		return -EINVAL;
-	int oflags = O_RDONLY | O_CLOEXEC;
+	bool rw = flags & UPAGER_STORE_WRITABLE;
+	int oflags = (rw ? O_RDWR : O_RDONLY) | O_CLOEXEC;
 	if (flags & UPAGER_STORE_DIRECT)
 		oflags |= O_DIRECT;
 	int fd = open(path, oflags);
 	if (fd < 0)
 		return -errno;
+	/* Write-back goes through the page cache (units need not be
+	 * block-aligned): a second, buffered descriptor for O_DIRECT. */
+	int wfd = -1;
+	if (rw) {
+		wfd = (flags & UPAGER_STORE_DIRECT) ?
+		      open(path, O_RDWR | O_CLOEXEC) : fd;
+		if (wfd < 0) {
+			int rc = -errno;
+			close(fd);
+			return rc;
+		}
+	}
 	struct stat st;
 	if (fstat(fd, &st)) {
 		int rc = -errno;
-		close(fd);
+		rc_close(fd, wfd);
 		return rc;
 	}
+	upager_store_t *s = NULL;
 	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
-		close(fd);
+		rc_close(fd, wfd);
 		return -EINVAL;
 	}
-	upager_store_t *s = calloc(1, sizeof(*s));
+	s = calloc(1, sizeof(*s));
 	if (!s) {
-		close(fd);
+		rc_close(fd, wfd);
 		return -ENOMEM;
 	}
+	atomic_init(&s->refs, 1);
+	s->kind = UPAGER__STORE_FILE;
+	s->fd = fd;
+	s->wfd = wfd;
+	s->flags = flags;
+	*out = s;
+	return 0;
+}
+
+int upager_store_fd(int fd, unsigned flags, upager_store_t **out)
+{
+	if (fd < 0 || !out || (flags & ~UPAGER_STORE_DIRECT))
+		return -EINVAL;
+	struct stat st;
+	if (fstat(fd, &st))
+		return -errno;
+	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode))
+		return -EINVAL;
+	int fl = fcntl(fd, F_GETFL);
+	if (fl < 0)
+		return -errno;
+	if ((fl & O_ACCMODE) == O_WRONLY)
+		return -EBADF; /* the store reads it */
+	/* O_DIRECT is a property of the open file description: set it
+	 * here if the owner did not. */
+	if ((flags & UPAGER_STORE_DIRECT) && !(fl & O_DIRECT) &&
+	    fcntl(fd, F_SETFL, fl | O_DIRECT))
+		return -errno;
+	upager_store_t *s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
 	atomic_init(&s->refs, 1);
 	s->kind = UPAGER__STORE_FILE;
 	s->fd = fd;
@@ -60,6 +113,7 @@ int upager_store_custom(const struct upager_store_ops *ops, void *ctx,
 	atomic_init(&s->refs, 1);
 	s->kind = UPAGER__STORE_CUSTOM;
 	s->fd = -1;
+	s->wfd = -1;
 	s->ops = *ops;
 	s->ctx = ctx;
 	*out = s;
@@ -76,7 +130,7 @@ void upager_store_release(upager_store_t *s)
 	if (!s || atomic_fetch_sub(&s->refs, 1) != 1)
 		return;
 	if (s->kind == UPAGER__STORE_FILE)
-		close(s->fd);
+		rc_close(s->fd, s->wfd);
 	else if (s->ops.release)
 		s->ops.release(s->ctx);
 	free(s);

@@ -34,7 +34,7 @@
 #define NEED_FEATURES (UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_UNMAP | \
 		       UFFD_FEATURE_EVENT_REMAP)
 #define WANT_FEATURES (UFFD_FEATURE_THREAD_ID | UFFD_FEATURE_POISON | \
-		       UFFD_FEATURE_MOVE)
+		       UFFD_FEATURE_MOVE | UFFD_FEATURE_PAGEFAULT_FLAG_WP)
 
 static int uffd_new(void)
 {
@@ -85,20 +85,31 @@ int upager__uffd_open(int *out, struct upager__uffd_caps *caps)
 	caps->poison = !!(api2.features & UFFD_FEATURE_POISON);
 	caps->move = !!(api2.features & UFFD_FEATURE_MOVE);
 	caps->thread_id = !!(api2.features & UFFD_FEATURE_THREAD_ID);
+	caps->wp = !!(api2.features & UFFD_FEATURE_PAGEFAULT_FLAG_WP);
 	*out = fd;
 	return 0;
 }
 
 int upager__uffd_register(int fd, uintptr_t base, size_t len)
 {
+	return upager__uffd_register_mode(fd, base, len,
+					  UFFDIO_REGISTER_MODE_MISSING);
+}
+
+int upager__uffd_register_mode(int fd, uintptr_t base, size_t len,
+			       uint64_t mode)
+{
 	struct uffdio_register reg = {
 		.range = { .start = base, .len = len },
-		.mode = UFFDIO_REGISTER_MODE_MISSING,
+		.mode = mode,
 	};
 	if (ioctl(fd, UFFDIO_REGISTER, &reg))
 		return -errno;
-	const uint64_t need = (1ULL << _UFFDIO_COPY) | (1ULL << _UFFDIO_ZEROPAGE) |
-			      (1ULL << _UFFDIO_WAKE);
+	uint64_t need = (1ULL << _UFFDIO_WAKE);
+	if (mode & UFFDIO_REGISTER_MODE_MISSING)
+		need |= (1ULL << _UFFDIO_COPY) | (1ULL << _UFFDIO_ZEROPAGE);
+	if (mode & UFFDIO_REGISTER_MODE_WP)
+		need |= (1ULL << _UFFDIO_WRITEPROTECT);
 	if ((reg.ioctls & need) != need) {
 		upager__uffd_unregister(fd, base, len);
 		return -EOPNOTSUPP;
@@ -118,20 +129,37 @@ int upager__uffd_wake(int fd, uintptr_t base, size_t len)
 	return ioctl(fd, UFFDIO_WAKE, &r) ? -errno : 0;
 }
 
+int upager__uffd_writeprotect(int fd, uintptr_t base, size_t len,
+			      bool protect)
+{
+	struct uffdio_writeprotect wp = {
+		.range = { .start = base, .len = len },
+		.mode = protect ? UFFDIO_WRITEPROTECT_MODE_WP : 0,
+	};
+	/* Un-protecting wakes the range's waiters; protecting does not. */
+	return ioctl(fd, UFFDIO_WRITEPROTECT, &wp) ? -errno : 0;
+}
+
 static size_t clamp_done(int64_t v)
 {
 	return v > 0 ? (size_t)v : 0;
 }
 
-int upager__uffd_copy(int fd, uintptr_t dst, const void *src, size_t len,
-		      size_t *done)
+static int uffd_copy_mode(int fd, uintptr_t dst, const void *src, size_t len,
+			  uint64_t mode, size_t *done)
 {
 	struct uffdio_copy c = {
-		.dst = dst, .src = (uintptr_t)src, .len = len, .mode = 0,
+		.dst = dst, .src = (uintptr_t)src, .len = len, .mode = mode,
 	};
 	int rc = ioctl(fd, UFFDIO_COPY, &c) ? -errno : 0;
 	*done = rc ? clamp_done(c.copy) : len;
 	return rc;
+}
+
+int upager__uffd_copy(int fd, uintptr_t dst, const void *src, size_t len,
+		      size_t *done)
+{
+	return uffd_copy_mode(fd, dst, src, len, 0, done);
 }
 
 int upager__uffd_zero(int fd, uintptr_t dst, size_t len, size_t *done)
@@ -150,6 +178,19 @@ int upager__uffd_poison(int fd, uintptr_t dst, size_t len, size_t *done)
 	return rc;
 }
 
+int upager__uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len,
+		      size_t *done)
+{
+	struct uffdio_move m = {
+		.dst = dst, .src = src, .len = len,
+		.mode = UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES |
+			UFFDIO_MOVE_MODE_DONTWAKE,
+	};
+	int rc = ioctl(fd, UFFDIO_MOVE, &m) ? -errno : 0;
+	*done = rc ? clamp_done(m.move) : len;
+	return rc;
+}
+
 static void backoff(unsigned *us)
 {
 	struct timespec ts = { 0, (long)*us * 1000 };
@@ -160,8 +201,13 @@ static void backoff(unsigned *us)
 
 #define PAGE 4096u
 
+/* Source of zero units in write-protected regions: UFFDIO_ZEROPAGE has no
+ * write-protect mode, and a zero page mapped without it would let the
+ * first write go unseen. In .bss: reading it maps the zero page. */
+static char zeros[UPAGER_PAGE_SIZE_MAX];
+
 int upager__install(struct upager__region *r, size_t unit, const void *src,
-		    enum upager__fill how)
+		    enum upager__fill how, bool wp)
 {
 	upager_t *up = r->up;
 	int fd = r->sp->uffd;
@@ -171,13 +217,17 @@ int upager__install(struct upager__region *r, size_t unit, const void *src,
 	bool skipped = false;
 	int rc = 0;
 
+	if (how == FILL_ZERO && wp) {
+		how = FILL_COPY;
+		src = zeros;
+	}
 	while (off < len) {
 		size_t done = 0;
 		switch (how) {
 		case FILL_COPY:
-			rc = upager__uffd_copy(fd, dst + off,
-					       (const char *)src + off,
-					       len - off, &done);
+			rc = uffd_copy_mode(fd, dst + off,
+					    (const char *)src + off, len - off,
+					    wp ? UFFDIO_COPY_MODE_WP : 0, &done);
 			break;
 		case FILL_ZERO:
 			rc = upager__uffd_zero(fd, dst + off, len - off,

@@ -34,11 +34,7 @@
 #define EFD_TAG 0ull
 
 struct slot {
-	struct upager__region *r;
-	size_t unit;
-	uint64_t t0;
-	uint32_t tid;
-	bool demand;
+	struct upager__req job;
 	char *buf;      /* page aligned, cap bytes */
 	size_t cap;
 	uint64_t foff;  /* file offset of buf[0] */
@@ -111,48 +107,68 @@ static size_t unit_want(const struct upager__region *r, size_t u)
 
 /* ---- finishing a fetch ---- */
 
-static void fail_unit(struct upager__region *r, size_t u,
-		      bool demand, uint32_t tid)
+/* The unit's read failed. */
+static void fail_unit(const struct upager__req *j)
 {
+	struct upager__region *r = j->r;
+	size_t u = j->unit;
 	CNT_INC(&r->cnt, read_errors, 1);
-	if (!demand) {
+	if (!j->demand) {
 		/* A failed prefetch costs nothing: the fault will try
 		 * again and report the error then. */
 		unit_cas(r->state, u, UNIT_FETCHING, UNIT_EMPTY);
 		return;
 	}
 	if (r->sp->caps.poison &&
-	    upager__install(r, u, NULL, FILL_POISON) == 0) {
-		unit_cas(r->state, u, UNIT_FETCHING, UNIT_PRESENT);
+	    upager__install(r, u, NULL, FILL_POISON, false) == 0) {
+		if (unit_cas(r->state, u, UNIT_FETCHING, UNIT_PRESENT))
+			atomic_fetch_add(&r->resident, 1);
 		return;
 	}
 	/* No UFFDIO_POISON (kernel < 6.6): signal the faulting thread,
 	 * then release the unit's waiters so that they fault again and
 	 * meet the error themselves. */
-	if (tid && r->sp->local)
-		syscall(SYS_tgkill, getpid(), (pid_t)tid, SIGBUS);
+	if (j->tid && r->sp->local)
+		syscall(SYS_tgkill, getpid(), (pid_t)j->tid, SIGBUS);
 	unit_cas(r->state, u, UNIT_FETCHING, UNIT_EMPTY);
 	upager__uffd_wake(r->sp->uffd, r->base + (u << r->page_shift),
 			  r->page_size);
 }
 
-/* data: page_size bytes to install (store bytes then zeros). */
-static void finish(struct upager__worker *w, struct upager__region *r,
-		   size_t u, bool demand, uint64_t t0, const char *data,
-		   size_t want)
+/* Installs the unit. data: page_size bytes (store bytes, then zeros);
+ * want: how many of them came from the store. */
+static void finish(struct upager__worker *w, const struct upager__req *j,
+		   const char *data, size_t want)
 {
-	(void)w;
+	struct upager__region *r = j->r;
+	size_t u = j->unit;
 	if (!atomic_load(&r->dead)) {
+		if (r->budget_units || w->up->budget_units_4k)
+			upager__wb_wait_room(w->up, r);
 		bool zero = all_zero(data, want);
+		/* In a write-protected region a read fault installs the unit
+		 * protected, so the first write is seen; a write fault
+		 * installs it writable and already dirty. */
+		bool wp = r->wp && !j->write;
 		int rc = upager__install(r, u, zero ? NULL : data,
-					 zero ? FILL_ZERO : FILL_COPY);
+					 zero ? FILL_ZERO : FILL_COPY, wp);
 		if (rc == 0) {
-			unit_cas(r->state, u, UNIT_FETCHING, UNIT_PRESENT);
+			uint8_t set = (r->wp && j->write) ? UNIT_DIRTY : 0;
+			uint8_t prev;
+			if (unit_update_prev(r->state, u, UNIT_FETCHING,
+					     UNIT_PRESENT, set, 0, &prev)) {
+				atomic_fetch_add(&r->resident, 1);
+				/* A write fault may have marked it while
+				 * the install was waking waiters. */
+				if (set || (prev & UNIT_DIRTY))
+					atomic_fetch_add(&r->dirty, 1);
+			}
 			CNT_INC(&r->cnt, installed, 1);
 			if (zero)
 				CNT_INC(&r->cnt, zero, 1);
-			if (demand)
-				upager__hist_add(&r->cnt, upager__now_ns() - t0);
+			if (j->demand)
+				upager__hist_add(&r->cnt,
+						 upager__now_ns() - j->t0);
 			else
 				CNT_INC(&r->cnt, prefetched, 1);
 		} else {
@@ -171,28 +187,23 @@ static int scratch_for(struct upager__worker *w, size_t need)
 	return ensure_buf(&w->scratch, &w->scratch_cap, round_up(need, ALIGN));
 }
 
-static void run_custom(struct upager__worker *w, struct upager__region *r,
-		       size_t u, bool demand, uint64_t t0, uint32_t tid,
+static void run_custom(struct upager__worker *w, const struct upager__req *j,
 		       size_t want)
 {
+	struct upager__region *r = j->r;
 	upager_store_t *s = r->store;
-	if (scratch_for(w, r->page_size)) {
-		fail_unit(r, u, demand, tid);
-		upager__region_put(r);
-		return;
-	}
-	int rc = 0;
-	if (want)
+	int rc = scratch_for(w, r->page_size);
+	if (rc == 0 && want)
 		rc = s->ops.read(s->ctx, w->scratch, want,
-				 r->offset + ((uint64_t)u << r->page_shift));
-	if (rc < 0 || rc > 0) {
-		fail_unit(r, u, demand, tid);
+				 r->offset + ((uint64_t)j->unit << r->page_shift));
+	if (rc != 0) {
+		fail_unit(j);
 		upager__region_put(r);
 		return;
 	}
 	CNT_INC(&r->cnt, bytes_fetched, want);
 	memset(w->scratch + want, 0, r->page_size - want);
-	finish(w, r, u, demand, t0, w->scratch, want);
+	finish(w, j, w->scratch, want);
 }
 
 static struct io_uring_sqe *get_sqe(struct upager__worker *w)
@@ -208,7 +219,7 @@ static struct io_uring_sqe *get_sqe(struct upager__worker *w)
 static void submit_read(struct upager__worker *w, struct slot *sl)
 {
 	struct io_uring_sqe *sqe = get_sqe(w);
-	io_uring_prep_read(sqe, sl->r->store->fd, sl->buf + sl->got,
+	io_uring_prep_read(sqe, sl->job.r->store->fd, sl->buf + sl->got,
 			   (unsigned)(sl->io_len - sl->got), sl->foff + sl->got);
 	io_uring_sqe_set_data64(sqe, (uint64_t)(sl - w->slots) + 1);
 }
@@ -226,23 +237,23 @@ static bool can_start(const struct upager__worker *w,
 		w->inflight_bytes + r->page_size <= WORKER_BYTES);
 }
 
-/* Starts fetching unit u of r; the caller's reference passes to the
- * fetch. Returns false, having started nothing, when can_start() is
- * false. */
-static bool start(struct upager__worker *w, struct upager__region *r,
-		  size_t u, bool demand, uint64_t t0, uint32_t tid)
+/* Starts the fetch j; the job's region reference passes to the fetch.
+ * Returns false, having started nothing, when can_start() is false. */
+static bool start(struct upager__worker *w, const struct upager__req *j)
 {
+	struct upager__region *r = j->r;
+	size_t u = j->unit;
 	if (atomic_load(&r->dead)) {
 		upager__region_put(r);
 		return true;
 	}
 	size_t want = unit_want(r, u);
 	if (want == 0) {
-		finish(w, r, u, demand, t0, NULL, 0);
+		finish(w, j, NULL, 0);
 		return true;
 	}
 	if (r->store->kind == UPAGER__STORE_CUSTOM) {
-		run_custom(w, r, u, demand, t0, tid, want);
+		run_custom(w, j, want);
 		return true;
 	}
 	if (!can_start(w, r, u))
@@ -262,16 +273,12 @@ static bool start(struct upager__worker *w, struct upager__region *r,
 	if (need < sl->io_len)
 		need = sl->io_len;
 	if (ensure_buf(&sl->buf, &sl->cap, need)) {
-		fail_unit(r, u, demand, tid);
+		fail_unit(j);
 		upager__region_put(r);
 		return true;
 	}
 	w->free_head = sl->next_free;
-	sl->r = r;
-	sl->unit = u;
-	sl->demand = demand;
-	sl->t0 = t0;
-	sl->tid = tid;
+	sl->job = *j;
 	sl->want = want;
 	sl->got = 0;
 	w->inflight++;
@@ -283,15 +290,16 @@ static bool start(struct upager__worker *w, struct upager__region *r,
 static void release_slot(struct upager__worker *w, struct slot *sl)
 {
 	w->inflight--;
-	w->inflight_bytes -= sl->r->page_size;
-	sl->r = NULL;
+	w->inflight_bytes -= sl->job.r->page_size;
+	sl->job.r = NULL;
 	sl->next_free = w->free_head;
 	w->free_head = (int)(sl - w->slots);
 }
 
 static void on_read(struct upager__worker *w, struct slot *sl, int res)
 {
-	struct upager__region *r = sl->r;
+	struct upager__req j = sl->job;
+	struct upager__region *r = j.r;
 	if (res == -EAGAIN || res == -EINTR) {
 		submit_read(w, sl);
 		return;
@@ -305,13 +313,9 @@ static void on_read(struct upager__worker *w, struct slot *sl, int res)
 			return;
 		}
 	}
-	size_t u = sl->unit;
-	bool demand = sl->demand;
-	uint64_t t0 = sl->t0;
-	uint32_t tid = sl->tid;
 	if (res < 0) {
 		release_slot(w, sl);
-		fail_unit(r, u, demand, tid);
+		fail_unit(&j);
 		upager__region_put(r);
 		return;
 	}
@@ -322,9 +326,10 @@ static void on_read(struct upager__worker *w, struct slot *sl, int res)
 	char *data = sl->buf + sl->skip;
 	memset(data + have, 0, r->page_size - have);
 	CNT_INC(&r->cnt, bytes_fetched, have);
-	/* Install before freeing the slot: data lives in its buffer. */
+	/* Install before the slot is reused: data lives in its buffer, and
+	 * nothing starts on this worker until finish() returns. */
 	release_slot(w, sl);
-	finish(w, r, u, demand, t0, data, have);
+	finish(w, &j, data, have);
 }
 
 /* ---- taking work ---- */
@@ -375,8 +380,7 @@ static bool fill(struct upager__worker *w)
 		if (!w->has_held && take_demand(w, &w->held))
 			w->has_held = true;
 		if (w->has_held) {
-			struct upager__req *q = &w->held;
-			if (!start(w, q->r, q->unit, true, q->t0, q->tid))
+			if (!start(w, &w->held))
 				return true;
 			w->has_held = false;
 			continue;
@@ -397,7 +401,8 @@ static bool fill(struct upager__worker *w)
 			    !unit_cas(r->state, u, UNIT_QUEUED, UNIT_FETCHING))
 				continue;
 			atomic_fetch_add(&r->refs, 1);
-			start(w, r, u, false, 0, 0);
+			struct upager__req j = { .r = r, .unit = u };
+			start(w, &j);
 			if (!has_slot(w))
 				break;
 		}

@@ -1,0 +1,627 @@
+/*
+ * writeback.c - the write-back thread: budgets, eviction, write-back.
+ *
+ * One thread per runtime owns every transition out of PRESENT that is not
+ * the application's own doing: it evicts units of regions over their
+ * budget and writes dirty units back to their store, for eviction,
+ * upager_flush, UPAGER_ADV_DONTNEED and unmap. Application threads that
+ * need a write-back hand it a request and wait for it.
+ *
+ * A unit it works on is BUSY: faults on it (missing or write-protect) are
+ * not served but left waiting, and the thread wakes the unit when it is
+ * done. That is what makes write-back safe against concurrent writes: the
+ * unit's pages are first moved out of the region with UFFDIO_MOVE into a
+ * scratch area (no copy; the region range is empty at once, so any access
+ * waits), written from there, and then either dropped (eviction) or moved
+ * back and write-protected again (flush). Without UFFDIO_MOVE (Linux < 6.8)
+ * the unit is write-protected and copied instead.
+ *
+ * Victims are chosen by a CLOCK hand over the region's state bytes. The
+ * runtime cannot see accesses to installed pages, only faults, so the
+ * second chance goes to units faulted again soon after an eviction (they
+ * carry UNIT_HOT, set by the manager when it sees a fault on a GHOST unit):
+ * like the kernel's refault detection, this keeps a re-used working set
+ * resident under scans that FIFO would let evict it.
+ *
+ * Watermarks: eviction starts when a region holds more than 7/8 of its
+ * budget and stops at 3/4, in batches of at most 64 units, so faults rarely
+ * wait; a worker about to install into a region at its budget waits for a
+ * batch (bounded, 50 ms) before installing anyway.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <liburing.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "compat.h"
+#include "internal.h"
+
+#define BATCH 64u
+#define SCRATCH (16u << 20)
+#define PAGE 4096u
+
+struct wb_req {
+	struct upager__region *r;
+	size_t first, count;
+	bool evict;
+	int rc;
+	bool done;
+	struct wb_req *next;
+};
+
+struct upager__wb {
+	upager_t *up;
+	pthread_t thr;
+	bool started;
+	pthread_mutex_t lock;
+	pthread_cond_t cv;      /* work for the thread */
+	pthread_cond_t done_cv; /* a request or an eviction batch finished */
+	atomic_bool kicked;
+	uint64_t batches;
+	struct wb_req *reqs;
+	char *scratch;          /* SCRATCH bytes, registered WP-only */
+	size_t scratch_used;
+	bool move_ok;
+	struct io_uring ring;
+	bool ring_ok;
+};
+
+/* One unit being worked on. */
+struct item {
+	size_t u;
+	uint8_t b;      /* state byte when claimed */
+	char *data;     /* its bytes in the scratch area, or NULL */
+	bool moved;     /* pages were moved out of the region */
+	int rc;
+	/* Which 4 KiB pages of data are real (a page the application
+	 * dropped meanwhile is a hole and is not written). */
+	unsigned char vec[UPAGER_PAGE_SIZE_MAX / 4096];
+};
+
+static uintptr_t unit_addr(const struct upager__region *r, size_t u)
+{
+	return r->base + (u << r->page_shift);
+}
+
+/* Moves len bytes between region and scratch, retrying while the kernel
+ * reports the address space changing. */
+static int move_all(upager_t *up, uintptr_t dst, uintptr_t src, size_t len)
+{
+	size_t off = 0;
+	unsigned tries = 0;
+	while (off < len) {
+		size_t done = 0;
+		int rc = upager__uffd_move(up->home.uffd, dst + off, src + off,
+					   len - off, &done);
+		off += done;
+		if (rc == 0)
+			return 0;
+		if (done)
+			continue;
+		if ((rc == -EAGAIN) && ++tries < 10000 &&
+		    !atomic_load(&up->stopping)) {
+			struct timespec ts = { 0, 20000 };
+			nanosleep(&ts, NULL);
+			continue;
+		}
+		return rc;
+	}
+	return 0;
+}
+
+/* ---- writing to the store ---- */
+
+static int store_write(struct upager__wb *wb, upager_store_t *s,
+		       const char *buf, size_t len, uint64_t off)
+{
+	if (s->kind == UPAGER__STORE_CUSTOM) {
+		if (!s->ops.write)
+			return -EROFS;
+		int rc = s->ops.write(s->ctx, buf, len, off);
+		return rc > 0 ? -EIO : rc;
+	}
+	while (len) {
+		struct io_uring_sqe *sqe = io_uring_get_sqe(&wb->ring);
+		io_uring_prep_write(sqe, s->wfd, buf, (unsigned)len, off);
+		io_uring_submit(&wb->ring);
+		struct io_uring_cqe *cqe;
+		int rc = io_uring_wait_cqe(&wb->ring, &cqe);
+		if (rc < 0)
+			return rc;
+		int res = cqe->res;
+		io_uring_cqe_seen(&wb->ring, cqe);
+		if (res == -EINTR || res == -EAGAIN)
+			continue;
+		if (res < 0)
+			return res;
+		if (res == 0)
+			return -EIO;
+		buf += res;
+		len -= (size_t)res;
+		off += (uint64_t)res;
+	}
+	return 0;
+}
+
+/* Writes the unit's pages that are really there (a page the application
+ * dropped meanwhile arrives as a hole: it is not written). */
+static int write_unit(struct upager__wb *wb, struct upager__region *r,
+		      struct item *it)
+{
+	size_t limit = r->length - ((size_t)it->u << r->page_shift);
+	size_t len = r->page_size < limit ? r->page_size : limit;
+	size_t npages = (len + PAGE - 1) / PAGE;
+	const unsigned char *vec = it->vec;
+	uint64_t base = r->offset + ((uint64_t)it->u << r->page_shift);
+	size_t p = 0;
+	while (p < npages) {
+		if (!(vec[p] & 1)) {
+			p++;
+			continue;
+		}
+		size_t q = p;
+		while (q < npages && (vec[q] & 1))
+			q++;
+		size_t a = p * PAGE, e = q * PAGE < len ? q * PAGE : len;
+		int rc = store_write(wb, r->store, it->data + a, e - a, base + a);
+		if (rc)
+			return rc;
+		p = q;
+	}
+	return 0;
+}
+
+/* ---- one batch ---- */
+
+/* Claims up to n units (evict: any PRESENT one; else dirty ones). */
+static size_t claim(struct upager__region *r, const size_t *units, size_t n,
+		    bool evict, struct item *items)
+{
+	size_t k = 0;
+	for (size_t i = 0; i < n; i++) {
+		size_t u = units[i];
+		uint8_t b = unit_byte(r->state, u);
+		if ((b & UNIT_STATE) != UNIT_PRESENT)
+			continue;
+		if (!evict && !(b & UNIT_DIRTY))
+			continue;
+		if (evict && (b & UNIT_DIRTY) && !r->writeback)
+			continue; /* its writes exist nowhere else */
+		/* The byte the claim replaced, not the one read above: a
+		 * write fault may have made the unit dirty in between. */
+		if (!unit_update_prev(r->state, u, UNIT_PRESENT, UNIT_BUSY, 0,
+				      UNIT_REMOVED, &b))
+			continue;
+		if (evict && (b & UNIT_DIRTY) && !r->writeback) {
+			unit_update(r->state, u, UNIT_BUSY, UNIT_PRESENT, 0, 0);
+			continue;
+		}
+		items[k++] = (struct item){ .u = u, .b = b };
+	}
+	return k;
+}
+
+/* Takes the unit's bytes out of the region. Eviction moves the pages into
+ * scratch (the region range is empty at once: accesses fault and wait);
+ * a flush, or an eviction without UFFDIO_MOVE, write-protects the unit
+ * (later writes fault and wait) and copies the pages that are there. */
+static void take_out(struct upager__wb *wb, struct upager__region *r,
+		     struct item *it, bool evict)
+{
+	upager_t *up = wb->up;
+	bool need_data = (it->b & UNIT_DIRTY) && r->writeback;
+	uintptr_t ua = unit_addr(r, it->u);
+	size_t npages = r->page_size / PAGE;
+	char *slot = wb->scratch + wb->scratch_used;
+	if (evict && wb->move_ok &&
+	    move_all(up, (uintptr_t)slot, ua, r->page_size) == 0) {
+		wb->scratch_used += r->page_size;
+		it->data = slot;
+		it->moved = true;
+		if (need_data && mincore(slot, r->page_size, it->vec))
+			memset(it->vec, 0, npages);
+		return;
+	}
+	if (need_data) {
+		upager__uffd_writeprotect(up->home.uffd, ua, r->page_size, true);
+		if (mincore((void *)ua, r->page_size, it->vec))
+			memset(it->vec, 0, npages);
+		for (size_t p = 0; p < npages; p++)
+			if (it->vec[p] & 1)
+				memcpy(slot + p * PAGE, (char *)ua + p * PAGE,
+				       PAGE);
+		wb->scratch_used += r->page_size;
+		it->data = slot;
+	}
+	if (evict)
+		madvise((void *)ua, r->page_size, MADV_DONTNEED);
+}
+
+/* Ends the work on a unit: state, accounting, wake. */
+static void settle(struct upager__wb *wb, struct upager__region *r,
+		   struct item *it, bool evict)
+{
+	upager_t *up = wb->up;
+	uintptr_t ua = unit_addr(r, it->u);
+	bool was_dirty = it->b & UNIT_DIRTY;
+	bool removed = unit_byte(r->state, it->u) & UNIT_REMOVED;
+	bool keep = !evict || it->rc != 0; /* failed write: keep the data */
+	if (removed) {
+		/* The application dropped (part of) it meanwhile: drop the
+		 * rest, so the next access fetches the store's bytes. */
+		keep = false;
+		if (!it->moved)
+			madvise((void *)ua, r->page_size, MADV_DONTNEED);
+	}
+	if (keep && it->moved &&
+	    move_all(up, ua, (uintptr_t)it->data, r->page_size) != 0)
+		/* Cannot happen short of a kernel change; copy instead of
+		 * losing the only copy of the data. */
+		upager__install(r, it->u, it->data, FILL_COPY, false);
+	if (keep) {
+		bool dirty = was_dirty && (it->rc != 0 || !r->writeback);
+		if (!dirty && r->wp)
+			upager__uffd_writeprotect(up->home.uffd, ua,
+						  r->page_size, true);
+		unit_update(r->state, it->u, UNIT_BUSY, UNIT_PRESENT,
+			    dirty ? UNIT_DIRTY : 0,
+			    UNIT_REMOVED | (dirty ? 0 : UNIT_DIRTY));
+		if (was_dirty && !dirty)
+			atomic_fetch_sub(&r->dirty, 1);
+	} else {
+		unit_update(r->state, it->u, UNIT_BUSY, UNIT_EMPTY,
+			    evict && !removed ? UNIT_GHOST : 0,
+			    UNIT_DIRTY | UNIT_HOT | UNIT_REMOVED);
+		atomic_fetch_sub(&r->resident, 1);
+		if (was_dirty)
+			atomic_fetch_sub(&r->dirty, 1);
+		if (evict)
+			CNT_INC(&r->cnt, evictions, 1);
+	}
+	upager__uffd_wake(up->home.uffd, ua, r->page_size);
+}
+
+static void scratch_reset(struct upager__wb *wb)
+{
+	if (!wb->scratch_used)
+		return;
+	/* One REMOVE event for the whole batch (the manager finds no region
+	 * there and ignores it). */
+	madvise(wb->scratch, wb->scratch_used, MADV_DONTNEED);
+	wb->scratch_used = 0;
+}
+
+/* Writes back (and with evict, drops) the given units of r. Returns 0 or
+ * the first write error. */
+static int process(struct upager__wb *wb, struct upager__region *r,
+		   const size_t *units, size_t n, bool evict)
+{
+	struct item items[BATCH];
+	int first_err = 0;
+	size_t per = SCRATCH / r->page_size;
+	if (per > BATCH)
+		per = BATCH;
+	for (size_t done = 0; done < n;) {
+		size_t take = n - done < per ? n - done : per;
+		size_t k = claim(r, units + done, take, evict, items);
+		done += take;
+		for (size_t i = 0; i < k; i++)
+			take_out(wb, r, &items[i], evict);
+		for (size_t i = 0; i < k; i++) {
+			struct item *it = &items[i];
+			if (!it->data || !(it->b & UNIT_DIRTY) || !r->writeback)
+				continue;
+			it->rc = write_unit(wb, r, it);
+			if (it->rc) {
+				CNT_INC(&r->cnt, write_errors, 1);
+				if (!first_err)
+					first_err = it->rc;
+			} else {
+				CNT_INC(&r->cnt, writebacks, 1);
+			}
+		}
+		for (size_t i = 0; i < k; i++)
+			settle(wb, r, &items[i], evict);
+		scratch_reset(wb);
+	}
+	return first_err;
+}
+
+/* ---- eviction ---- */
+
+/* CLOCK: up to max victims of r. */
+static size_t pick(struct upager__region *r, size_t *units, size_t max)
+{
+	size_t n = 0;
+	for (size_t scanned = 0; n < max && scanned < 2 * r->nunits; scanned++) {
+		size_t u = r->clock_hand;
+		r->clock_hand = u + 1 < r->nunits ? u + 1 : 0;
+		uint8_t b = unit_byte(r->state, u);
+		if ((b & UNIT_STATE) != UNIT_PRESENT)
+			continue;
+		if (b & UNIT_HOT) {
+			unit_update(r->state, u, UNIT_PRESENT, UNIT_PRESENT, 0,
+				    UNIT_HOT);
+			continue;
+		}
+		if ((b & UNIT_DIRTY) && !r->writeback)
+			continue;
+		units[n++] = u;
+	}
+	return n;
+}
+
+static size_t budget_of(const upager_t *up, const struct upager__region *r)
+{
+	size_t b = r->budget_units;
+	if (up->budget_units_4k) {
+		/* The runtime budget, in this region's units. */
+		size_t g = (size_t)(up->budget_units_4k >> (r->page_shift - 12));
+		if (!b || g < b)
+			b = g ? g : 1;
+	}
+	return b;
+}
+
+static size_t total_resident_4k(upager_t *up)
+{
+	size_t t = 0;
+	for (size_t i = 0; i < up->home.nregions; i++) {
+		struct upager__region *r = up->home.table[i];
+		t += atomic_load(&r->resident) << (r->page_shift - 12);
+	}
+	return t;
+}
+
+/* Evicts from r until it is at its low watermark (or n victims). */
+static void evict_region(struct upager__wb *wb, struct upager__region *r,
+			 size_t low)
+{
+	size_t units[BATCH];
+	for (int rounds = 0; rounds < 64; rounds++) {
+		size_t res = atomic_load(&r->resident);
+		if (res <= low)
+			return;
+		size_t want = res - low < BATCH ? res - low : BATCH;
+		size_t n = pick(r, units, want);
+		if (n == 0)
+			return;
+		process(wb, r, units, n, true);
+		pthread_mutex_lock(&wb->lock);
+		wb->batches++;
+		pthread_cond_broadcast(&wb->done_cv);
+		pthread_mutex_unlock(&wb->lock);
+	}
+}
+
+/* Regions over their high watermark, with a reference each. */
+static size_t over_budget(upager_t *up, struct upager__region **out,
+			  size_t max, size_t *lows)
+{
+	struct upager__space *sp = &up->home;
+	size_t n = 0;
+	pthread_rwlock_rdlock(&sp->table_lock);
+	size_t global = up->budget_units_4k;
+	bool global_over = global && total_resident_4k(up) > global / 8 * 7;
+	for (size_t i = 0; i < sp->nregions && n < max; i++) {
+		struct upager__region *r = sp->table[i];
+		size_t res = atomic_load(&r->resident);
+		size_t b = r->budget_units;
+		size_t low = 0;
+		bool over = false;
+		if (b && res > b - b / 8) {
+			over = true;
+			low = b - b / 4;
+		}
+		if (global_over && res) {
+			/* Every region gives back a quarter of what it holds
+			 * over the runtime's budget share. */
+			size_t l = res - res / 4;
+			if (!over || l < low)
+				low = l;
+			over = true;
+		}
+		if (!over || atomic_load(&r->dead))
+			continue;
+		atomic_fetch_add(&r->refs, 1);
+		lows[n] = low;
+		out[n++] = r;
+	}
+	pthread_rwlock_unlock(&sp->table_lock);
+	return n;
+}
+
+/* ---- the thread ---- */
+
+static void serve_requests(struct upager__wb *wb)
+{
+	pthread_mutex_lock(&wb->lock);
+	struct wb_req *list = wb->reqs;
+	wb->reqs = NULL;
+	pthread_mutex_unlock(&wb->lock);
+	while (list) {
+		struct wb_req *q = list;
+		list = q->next;
+		size_t units[BATCH];
+		int rc = 0;
+		for (size_t u = q->first; u < q->first + q->count;) {
+			size_t n = 0;
+			while (n < BATCH && u < q->first + q->count)
+				units[n++] = u++;
+			int e = process(wb, q->r, units, n, q->evict);
+			if (e && !rc)
+				rc = e;
+		}
+		pthread_mutex_lock(&wb->lock);
+		q->rc = rc;
+		q->done = true;
+		pthread_cond_broadcast(&wb->done_cv);
+		pthread_mutex_unlock(&wb->lock);
+	}
+}
+
+static void *wb_main(void *arg)
+{
+	struct upager__wb *wb = arg;
+	upager_t *up = wb->up;
+	atomic_store(&up->wb_tid, (int)gettid());
+	for (;;) {
+		pthread_mutex_lock(&wb->lock);
+		while (!atomic_load(&wb->kicked) && !wb->reqs &&
+		       !atomic_load(&up->stopping)) {
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_nsec += 100 * 1000000L;
+			if (ts.tv_nsec >= 1000000000L) {
+				ts.tv_sec++;
+				ts.tv_nsec -= 1000000000L;
+			}
+			pthread_cond_timedwait(&wb->cv, &wb->lock, &ts);
+			break; /* re-check budgets every 100 ms anyway */
+		}
+		atomic_store(&wb->kicked, false);
+		pthread_mutex_unlock(&wb->lock);
+		serve_requests(wb);
+		if (atomic_load(&up->stopping))
+			break;
+		struct upager__region *regs[16];
+		size_t lows[16];
+		size_t n = over_budget(up, regs, 16, lows);
+		for (size_t i = 0; i < n; i++) {
+			evict_region(wb, regs[i], lows[i]);
+			upager__region_put(regs[i]);
+		}
+	}
+	return NULL;
+}
+
+void upager__wb_kick(upager_t *up)
+{
+	struct upager__wb *wb = up->wb;
+	if (atomic_exchange(&wb->kicked, true))
+		return;
+	pthread_mutex_lock(&wb->lock);
+	pthread_cond_signal(&wb->cv);
+	pthread_mutex_unlock(&wb->lock);
+}
+
+void upager__wb_wait_room(upager_t *up, struct upager__region *r)
+{
+	struct upager__wb *wb = up->wb;
+	size_t b = budget_of(up, r);
+	size_t res = atomic_load(&r->resident);
+	if (b && res + 1 > b - b / 8)
+		upager__wb_kick(up);
+	if (!b || res < b || !r->sp->local)
+		return;
+	/* At the budget: wait for an eviction batch, but never for long
+	 * (the write-back thread may itself be waiting for the manager,
+	 * which may be waiting for us). */
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_nsec += 50 * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&wb->lock);
+	while (atomic_load(&r->resident) >= b && !atomic_load(&up->stopping) &&
+	       !atomic_load(&r->dead)) {
+		if (pthread_cond_timedwait(&wb->done_cv, &wb->lock, &ts))
+			break;
+	}
+	pthread_mutex_unlock(&wb->lock);
+}
+
+int upager__wb_range(upager_t *up, struct upager__region *r, size_t first,
+		     size_t count, bool evict)
+{
+	struct upager__wb *wb = up->wb;
+	struct wb_req q = {
+		.r = r, .first = first, .count = count, .evict = evict,
+	};
+	pthread_mutex_lock(&wb->lock);
+	q.next = wb->reqs;
+	wb->reqs = &q;
+	pthread_cond_signal(&wb->cv);
+	while (!q.done)
+		pthread_cond_wait(&wb->done_cv, &wb->lock);
+	pthread_mutex_unlock(&wb->lock);
+	return q.rc;
+}
+
+int upager__wb_start(upager_t *up)
+{
+	struct upager__wb *wb = calloc(1, sizeof(*wb));
+	if (!wb)
+		return -ENOMEM;
+	wb->up = up;
+	pthread_mutex_init(&wb->lock, NULL);
+	pthread_cond_init(&wb->cv, NULL);
+	pthread_cond_init(&wb->done_cv, NULL);
+	int rc = io_uring_queue_init(8, &wb->ring, 0);
+	if (rc < 0)
+		goto fail;
+	wb->ring_ok = true;
+	wb->scratch = mmap(NULL, SCRATCH, PROT_READ | PROT_WRITE,
+			   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (wb->scratch == MAP_FAILED) {
+		wb->scratch = NULL;
+		rc = -ENOMEM;
+		goto fail;
+	}
+	madvise(wb->scratch, SCRATCH, MADV_DONTFORK);
+	/* UFFDIO_MOVE needs its destination registered on the same
+	 * descriptor; write-protect mode only, so that touching a hole in
+	 * the scratch area is an ordinary zero-fill, not a fault for us,
+	 * and with the same page protection as the write-protected regions
+	 * (the kernel moves only between vmas that agree on it). */
+	wb->move_ok = up->home.caps.move &&
+		      upager__uffd_register_mode(up->home.uffd,
+				(uintptr_t)wb->scratch, SCRATCH,
+				UFFDIO_REGISTER_MODE_WP) == 0;
+	up->wb = wb;
+	rc = -pthread_create(&wb->thr, NULL, wb_main, wb);
+	if (rc) {
+		up->wb = NULL;
+		goto fail;
+	}
+	wb->started = true;
+	return 0;
+fail:
+	if (wb->scratch)
+		munmap(wb->scratch, SCRATCH);
+	if (wb->ring_ok)
+		io_uring_queue_exit(&wb->ring);
+	pthread_mutex_destroy(&wb->lock);
+	pthread_cond_destroy(&wb->cv);
+	pthread_cond_destroy(&wb->done_cv);
+	free(wb);
+	return rc;
+}
+
+void upager__wb_stop(upager_t *up)
+{
+	struct upager__wb *wb = up->wb;
+	if (!wb)
+		return;
+	pthread_mutex_lock(&wb->lock);
+	pthread_cond_signal(&wb->cv);
+	pthread_mutex_unlock(&wb->lock);
+	if (wb->started)
+		pthread_join(wb->thr, NULL);
+	if (wb->move_ok)
+		upager__uffd_unregister(up->home.uffd, (uintptr_t)wb->scratch,
+					SCRATCH);
+	munmap(wb->scratch, SCRATCH);
+	io_uring_queue_exit(&wb->ring);
+	pthread_mutex_destroy(&wb->lock);
+	pthread_cond_destroy(&wb->cv);
+	pthread_cond_destroy(&wb->done_cv);
+	free(wb);
+	up->wb = NULL;
+}
