@@ -10,11 +10,12 @@
  * A damaged block reads as -EIO (the faulting thread gets SIGBUS) when the
  * store is alone; stacked, it is dropped and fetched from below again.
  *
- * Index: 128 stripes chosen by block number, each an open-addressing hash
- * table (block -> stored bytes, size, checksum, flags) under its own
- * mutex. The mutex is held only to look an entry up and copy its stored
+ * Index: 128 stripes chosen by a hash of the block number, each an
+ * open-addressing hash table (block -> stored bytes, size, checksum,
+ * flags) under its own mutex. The mutex is held only to look an entry up and copy its stored
  * bytes out, or to swap an entry in: compression, decompression and the
- * checksum run with no lock held, in per-thread buffers.
+ * checksum run with no lock held, in per-thread buffers (one set per
+ * nesting level, since an lz4 store may be stacked over another).
  *
  * Writes to one block are serialised (a per-stripe list of blocks being
  * written, with a condition variable), so partial-block writes
@@ -51,7 +52,8 @@
 #include "lz4_alloc.h"
 #include "store_lz4.h"
 
-#define NSTRIPES 128u
+#define NSTRIPES_SHIFT 7
+#define NSTRIPES (1u << NSTRIPES_SHIFT)
 #define EMPTY_KEY UINT64_MAX
 #define TAB_MIN 16u
 #define BLOCK_MIN (4u * 1024)
@@ -115,26 +117,32 @@ struct lz4s {
 
 /* ---- per-thread buffers ---- */
 
+/* One set of buffers per nesting level: an lz4 store stacked over another
+ * calls into it while its own buffers are in use. */
 struct tls {
 	uint8_t *u;    /* one uncompressed block */
 	uint8_t *c;    /* one compressed block */
 	size_t bsize;  /* block size the buffers hold */
 	void *state;   /* LZ4 compression state */
+	struct tls *deeper;
 };
 
 static pthread_once_t tls_once = PTHREAD_ONCE_INIT;
 static pthread_key_t tls_key;
 static int tls_key_err;
-static _Thread_local struct tls *tls_cur;
+static _Thread_local struct tls *tls_top;  /* level 0 */
+static _Thread_local unsigned tls_depth;   /* store calls in progress */
 
 static void tls_free(void *p)
 {
-	struct tls *t = p;
-	free(t->u);
-	free(t->c);
-	free(t->state);
-	free(t);
-	tls_cur = NULL;
+	for (struct tls *t = p, *next; t; t = next) {
+		next = t->deeper;
+		free(t->u);
+		free(t->c);
+		free(t->state);
+		free(t);
+	}
+	tls_top = NULL;
 }
 
 static void tls_init(void)
@@ -147,43 +155,69 @@ static size_t round_up(size_t x, size_t a)
 	return (x + a - 1) & ~(a - 1);
 }
 
-/* This thread's buffers, big enough for blocks of @bsize; NULL when out
- * of memory. Freed when the thread exits. */
-static struct tls *tls_get(size_t bsize)
+static struct tls *tls_new(void)
+{
+	struct tls *t = calloc(1, sizeof(*t));
+	if (t && !(t->state = malloc((size_t)LZ4_sizeofState()))) {
+		free(t);
+		t = NULL;
+	}
+	return t;
+}
+
+static int tls_size(struct tls *t, size_t bsize)
+{
+	if (t->bsize >= bsize)
+		return 0;
+	size_t cb = round_up((size_t)LZ4_compressBound((int)bsize), BUF_ALIGN);
+	uint8_t *u = aligned_alloc(BUF_ALIGN, bsize);
+	uint8_t *c = aligned_alloc(BUF_ALIGN, cb);
+	if (!u || !c) {
+		free(u);
+		free(c);
+		return -ENOMEM;
+	}
+	free(t->u);
+	free(t->c);
+	t->u = u;
+	t->c = c;
+	t->bsize = bsize;
+	return 0;
+}
+
+/* This thread's buffers for the current nesting level, big enough for
+ * blocks of @bsize, or NULL when out of memory. Each successful call is
+ * paired with tls_leave(). Freed when the thread exits. */
+static struct tls *tls_enter(size_t bsize)
 {
 	pthread_once(&tls_once, tls_init);
 	if (tls_key_err)
 		return NULL;
-	struct tls *t = tls_cur;
-	if (!t) {
-		t = calloc(1, sizeof(*t));
+	if (!tls_top) {
+		struct tls *t = tls_new();
 		if (!t)
 			return NULL;
-		t->state = malloc((size_t)LZ4_sizeofState());
-		if (!t->state || pthread_setspecific(tls_key, t)) {
-			free(t->state);
-			free(t);
+		if (pthread_setspecific(tls_key, t)) {
+			tls_free(t);
 			return NULL;
 		}
-		tls_cur = t;
+		tls_top = t;
 	}
-	if (t->bsize < bsize) {
-		size_t cb = round_up((size_t)LZ4_compressBound((int)bsize),
-				     BUF_ALIGN);
-		uint8_t *u = aligned_alloc(BUF_ALIGN, bsize);
-		uint8_t *c = aligned_alloc(BUF_ALIGN, cb);
-		if (!u || !c) {
-			free(u);
-			free(c);
+	struct tls *t = tls_top;
+	for (unsigned d = 0; d < tls_depth; d++) {
+		if (!t->deeper && !(t->deeper = tls_new()))
 			return NULL;
-		}
-		free(t->u);
-		free(t->c);
-		t->u = u;
-		t->c = c;
-		t->bsize = bsize;
+		t = t->deeper;
 	}
+	if (tls_size(t, bsize))
+		return NULL;
+	tls_depth++;
 	return t;
+}
+
+static void tls_leave(void)
+{
+	tls_depth--;
 }
 
 /* ---- checksum and helpers ---- */
@@ -245,9 +279,12 @@ static bool all_zero(const uint8_t *p, size_t n)
 
 /* ---- index: one stripe's hash table (caller holds the stripe lock) ---- */
 
+/* Stripes are picked by a hash of the block number, so that threads
+ * walking the store at a power-of-two distance from each other do not
+ * meet on one lock at every step. */
 static struct stripe *stripe_of(struct lz4s *s, uint64_t block)
 {
-	return &s->st[block & (NSTRIPES - 1)];
+	return &s->st[fmix(block) >> (64 - NSTRIPES_SHIFT)];
 }
 
 static uint32_t home(const struct stripe *st, uint64_t block)
@@ -382,8 +419,8 @@ static void busy_enter(struct stripe *st, uint64_t block, struct busy *me)
 		st->waiters--;
 	}
 	me->block = block;
-	me->next = NULL;
-	(void)me;
+	me->next = st->busy;
+	st->busy = me;
 	pthread_mutex_unlock(&st->lock);
 }
 
@@ -740,22 +777,22 @@ static int lz4_read(void *ctx, void *buf, size_t len, uint64_t off)
 		return -EINVAL;
 	if (len == 0)
 		return 0;
-	struct tls *t = tls_get(s->bsize);
+	struct tls *t = tls_enter(s->bsize);
 	if (!t)
 		return -ENOMEM;
 	uint8_t *d = buf;
-	while (len) {
+	int rc = 0;
+	while (len && rc == 0) {
 		uint64_t block = off >> s->bshift;
 		size_t boff = (size_t)(off & (s->bsize - 1));
 		size_t n = s->bsize - boff < len ? s->bsize - boff : len;
-		int rc = read_block(s, block, d, boff, n, t);
-		if (rc)
-			return rc;
+		rc = read_block(s, block, d, boff, n, t);
 		d += n;
 		off += n;
 		len -= n;
 	}
-	return 0;
+	tls_leave();
+	return rc;
 }
 
 static int lz4_write(void *ctx, const void *buf, size_t len, uint64_t off)
@@ -767,22 +804,22 @@ static int lz4_write(void *ctx, const void *buf, size_t len, uint64_t off)
 		return -ENOSPC;
 	if (len == 0)
 		return 0;
-	struct tls *t = tls_get(s->bsize);
+	struct tls *t = tls_enter(s->bsize);
 	if (!t)
 		return -ENOMEM;
 	const uint8_t *p = buf;
-	while (len) {
+	int rc = 0;
+	while (len && rc == 0) {
 		uint64_t block = off >> s->bshift;
 		size_t boff = (size_t)(off & (s->bsize - 1));
 		size_t n = s->bsize - boff < len ? s->bsize - boff : len;
-		int rc = write_block(s, block, p, boff, n, t);
-		if (rc)
-			return rc;
+		rc = write_block(s, block, p, boff, n, t);
 		p += n;
 		off += n;
 		len -= n;
 	}
-	return 0;
+	tls_leave();
+	return rc;
 }
 
 static int lz4_size(void *ctx, uint64_t *size)
