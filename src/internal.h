@@ -228,6 +228,10 @@ void *upager__manager_main(void *arg) UPAGER__HIDDEN;
 size_t upager__prefetch(upager_t *up, struct upager__region *r, size_t first,
 			size_t count, bool wait) UPAGER__HIDDEN;
 
+/* The application dropped units [first, first+n) of r: they become EMPTY
+ * (BUSY ones are flagged for the write-back thread). */
+void upager__forget_units(struct upager__region *r, size_t first, size_t n) UPAGER__HIDDEN;
+
 /* ---- userfaultfd layer (uffd.c) ---- */
 
 struct upager__uffd_caps {

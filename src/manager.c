@@ -298,6 +298,13 @@ static void forget_unit(struct upager__region *r, size_t u)
 	}
 }
 
+void upager__forget_units(struct upager__region *r, size_t first, size_t n)
+{
+	for (size_t k = 0; k < n; k++)
+		forget_unit(r, first + k);
+	r->ra_next = 0;
+}
+
 /* Units overlapping [a, b) in every region become EMPTY. */
 static void forget_range(struct upager__space *sp, uintptr_t a, uintptr_t b)
 {
@@ -309,9 +316,7 @@ static void forget_range(struct upager__space *sp, uintptr_t a, uintptr_t b)
 			continue;
 		size_t f, n;
 		upager__units_of(r, a, b, &f, &n);
-		for (size_t k = 0; k < n; k++)
-			forget_unit(r, f + k);
-		r->ra_next = 0;
+		upager__forget_units(r, f, n);
 	}
 }
 

@@ -261,7 +261,11 @@ int upager__space_advise(struct upager__space *sp, uintptr_t a, size_t len,
 		/* fall through */
 	case UPAGER_ADV_DISCARD: {
 		/* The kernel reports the zap to the manager as a REMOVE
-		 * event, which resets the units' state. */
+		 * event, which resets the units' state, but the madvise
+		 * returns as soon as the event is read, maybe before the
+		 * manager handled it: forget the units here too, so that
+		 * what the caller does next (WILLNEED) sees them gone. */
+		upager__forget_units(r, first, count);
 		void *p = (void *)(r->base + (first << r->page_shift));
 		if (madvise(p, count << r->page_shift, MADV_DONTNEED))
 			rc = -errno;

@@ -135,6 +135,18 @@ static void fail_unit(const struct upager__req *j)
 			  r->page_size);
 }
 
+static void count_install(struct upager__region *r,
+			  const struct upager__req *j, bool zero, int d)
+{
+	CNT_INC(&r->cnt, installed, (uint64_t)(int64_t)d);
+	if (zero)
+		CNT_INC(&r->cnt, zero, (uint64_t)(int64_t)d);
+	if (!j->demand)
+		CNT_INC(&r->cnt, prefetched, (uint64_t)(int64_t)d);
+	if (d > 0)
+		atomic_fetch_add(&r->resident, 1);
+}
+
 /* Installs the unit. data: page_size bytes (store bytes, then zeros);
  * want: how many of them came from the store. */
 static void finish(struct upager__worker *w, const struct upager__req *j,
@@ -150,30 +162,39 @@ static void finish(struct upager__worker *w, const struct upager__req *j,
 		 * protected, so the first write is seen; a write fault
 		 * installs it writable and already dirty. */
 		bool wp = r->wp && !j->write;
+		/* A demand install is counted before it wakes the faulting
+		 * thread, so that a thread that has seen its data sees it
+		 * counted; a prefetch only once its pages are in, so that
+		 * whoever waits for the count finds them there. */
+		if (j->demand)
+			count_install(r, j, zero, 1);
 		int rc = upager__install(r, u, zero ? NULL : data,
 					 zero ? FILL_ZERO : FILL_COPY, wp);
+		if (rc == 0 && !j->demand)
+			count_install(r, j, zero, 1);
 		if (rc == 0) {
 			uint8_t set = (r->wp && j->write) ? UNIT_DIRTY : 0;
 			uint8_t prev;
 			if (unit_update_prev(r->state, u, UNIT_FETCHING,
 					     UNIT_PRESENT, set, 0, &prev)) {
-				atomic_fetch_add(&r->resident, 1);
 				/* A write fault may have marked it while
 				 * the install was waking waiters. */
 				if (set || (prev & UNIT_DIRTY))
 					atomic_fetch_add(&r->dirty, 1);
+			} else {
+				/* Dropped by the application meanwhile. */
+				atomic_fetch_sub(&r->resident, 1);
 			}
-			CNT_INC(&r->cnt, installed, 1);
-			if (zero)
-				CNT_INC(&r->cnt, zero, 1);
 			if (j->demand)
 				upager__hist_add(&r->cnt,
 						 upager__now_ns() - j->t0);
-			else
-				CNT_INC(&r->cnt, prefetched, 1);
 		} else {
 			/* The range is gone or going: nobody can be
 			 * waiting on it any more. */
+			if (j->demand) {
+				count_install(r, j, zero, -1);
+				atomic_fetch_sub(&r->resident, 1);
+			}
 			unit_cas(r->state, u, UNIT_FETCHING, UNIT_EMPTY);
 		}
 	}
