@@ -189,6 +189,7 @@ struct upager__req {
 	uint32_t tid;    /* faulting thread (0 if unknown) */
 	bool write;      /* a write fault: install writable and dirty */
 	bool demand;     /* a thread waits (else a prefetch) */
+	uint32_t count;  /* units from `unit` on (prefetch runs); 0 means 1 */
 };
 
 /* A prefetch batch: units [first, first+count) marked UNIT_QUEUED. */
@@ -258,8 +259,8 @@ int upager__uffd_poison(int fd, uintptr_t dst, size_t len, size_t *done) UPAGER_
  * space changing. Wakes every waiter in the unit. Returns 0, or -errno
  * when the range is gone or the runtime stops. */
 enum upager__fill { FILL_COPY, FILL_ZERO, FILL_POISON };
-int upager__install(struct upager__region *r, size_t unit, const void *src,
-		    enum upager__fill how, bool wp) UPAGER__HIDDEN;
+int upager__install(struct upager__region *r, size_t unit, size_t count,
+		    const void *src, enum upager__fill how, bool wp) UPAGER__HIDDEN;
 int upager__uffd_register_mode(int fd, uintptr_t base, size_t len,
 			       uint64_t mode) UPAGER__HIDDEN;
 int upager__uffd_writeprotect(int fd, uintptr_t base, size_t len,

@@ -97,6 +97,7 @@ int upager_store_fd(int fd, unsigned flags, upager_store_t **out)
 	atomic_init(&s->refs, 1);
 	s->kind = UPAGER__STORE_FILE;
 	s->fd = fd;
+	s->wfd = -1; /* read-only: no write-back descriptor */
 	s->flags = flags;
 	*out = s;
 	return 0;

@@ -206,13 +206,15 @@ static void backoff(unsigned *us)
  * first write go unseen. In .bss: reading it maps the zero page. */
 static char zeros[UPAGER_PAGE_SIZE_MAX];
 
-int upager__install(struct upager__region *r, size_t unit, const void *src,
-		    enum upager__fill how, bool wp)
+int upager__install(struct upager__region *r, size_t unit, size_t count,
+		    const void *src, enum upager__fill how, bool wp)
 {
 	upager_t *up = r->up;
 	int fd = r->sp->uffd;
 	uintptr_t dst = r->base + (unit << r->page_shift);
-	size_t len = r->page_size, off = 0;
+	size_t len = count << r->page_shift, off = 0;
+	if (how == FILL_ZERO && wp && len > sizeof(zeros))
+		return -EINVAL; /* callers install zero units one by one */
 	unsigned delay = 2, enoent = 0;
 	bool skipped = false;
 	int rc = 0;

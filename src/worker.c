@@ -2,7 +2,7 @@
  * worker.c - worker threads: fetch units from the store and install them.
  *
  * Each worker owns one io_uring instance and a fixed set of read slots
- * (at most queue_depth, and at most WORKER_BYTES of buffers in flight), so
+ * (at most queue_depth) whose buffers come from a fixed arena, so
  * a worker's memory is bounded whatever the load. It takes demand fetches
  * first, then prefetch batches, keeps as many reads in flight as it has
  * slots, and installs each unit as its read completes.
@@ -29,14 +29,16 @@
 
 #include "internal.h"
 
-#define WORKER_BYTES (8u << 20) /* buffer bytes in flight per worker */
+#define ARENA_BYTES (4u << 20) /* read buffers of one worker */
+#define ARENA_PAGES (ARENA_BYTES / 4096)
+#define RUN_BYTES (1u << 20)   /* largest prefetch read */
 #define ALIGN 4096u
 #define EFD_TAG 0ull
 
 struct slot {
 	struct upager__req job;
-	char *buf;      /* page aligned, cap bytes */
-	size_t cap;
+	char *buf;      /* in the worker's arena */
+	size_t pages;   /* arena pages it holds */
 	uint64_t foff;  /* file offset of buf[0] */
 	size_t skip;    /* unit data starts at buf + skip */
 	size_t want;    /* store bytes in the unit */
@@ -59,13 +61,14 @@ struct upager__worker {
 	unsigned nslots;
 	int free_head;
 	unsigned inflight;
-	size_t inflight_bytes;
+	/* Read buffers come from one arena per worker, so a worker's buffer
+	 * memory is bounded (ARENA_BYTES) whatever the mix of unit sizes. */
+	char *arena;
+	uint64_t used[ARENA_PAGES / 64]; /* bitmap of arena pages in use */
 	struct upager__req held; /* demand fetch taken, waiting for a slot */
 	bool has_held;
 	struct upager__pf cur; /* prefetch batch being worked through */
 	bool cur_valid;
-	char *scratch;         /* custom-store and zero-fill buffer */
-	size_t scratch_cap;
 };
 
 static size_t round_up(size_t v, size_t a)
@@ -73,21 +76,51 @@ static size_t round_up(size_t v, size_t a)
 	return (v + a - 1) & ~(a - 1);
 }
 
-static int ensure_buf(char **buf, size_t *cap, size_t need)
+static bool page_used(const struct upager__worker *w, size_t p)
 {
-	if (*cap >= need)
-		return 0;
-	if (*buf)
-		munmap(*buf, *cap);
-	*buf = NULL;
-	*cap = 0;
-	void *p = mmap(NULL, need, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (p == MAP_FAILED)
-		return -ENOMEM;
-	*buf = p;
-	*cap = need;
-	return 0;
+	return w->used[p / 64] & (1ull << (p % 64));
+}
+
+static void mark_pages(struct upager__worker *w, size_t p, size_t n, bool on)
+{
+	for (size_t i = p; i < p + n; i++) {
+		if (on)
+			w->used[i / 64] |= 1ull << (i % 64);
+		else
+			w->used[i / 64] &= ~(1ull << (i % 64));
+	}
+}
+
+/* First fit of n contiguous free arena pages; NULL if none. */
+static char *arena_alloc(struct upager__worker *w, size_t n)
+{
+	size_t run = 0;
+	for (size_t p = 0; p < ARENA_PAGES; p++) {
+		if (!(p % 64) && w->used[p / 64] == ~0ull) {
+			run = 0;
+			p += 63;
+			continue;
+		}
+		run = page_used(w, p) ? 0 : run + 1;
+		if (run == n) {
+			mark_pages(w, p + 1 - n, n, true);
+			return w->arena + (p + 1 - n) * 4096;
+		}
+	}
+	return NULL;
+}
+
+static void arena_free(struct upager__worker *w, char *buf, size_t n)
+{
+	mark_pages(w, (size_t)(buf - w->arena) / 4096, n, false);
+}
+
+static bool arena_fits(struct upager__worker *w, size_t n)
+{
+	char *b = arena_alloc(w, n);
+	if (b)
+		arena_free(w, b, n);
+	return b != NULL;
 }
 
 static bool all_zero(const char *p, size_t n)
@@ -95,20 +128,26 @@ static bool all_zero(const char *p, size_t n)
 	return n == 0 || (p[0] == 0 && memcmp(p, p + 1, n - 1) == 0);
 }
 
-/* Bytes of store data in unit u (the rest of the unit reads as zeros). */
-static size_t unit_want(const struct upager__region *r, size_t u)
+/* Bytes of store data in units [u, u+n) (the rest reads as zeros). */
+static size_t run_want(const struct upager__region *r, size_t u, size_t n)
 {
 	uint64_t start = (uint64_t)u << r->page_shift;
 	if (start >= r->data_end)
 		return 0;
-	uint64_t n = r->data_end - start;
-	return n < r->page_size ? (size_t)n : r->page_size;
+	uint64_t len = (uint64_t)n << r->page_shift;
+	uint64_t avail = r->data_end - start;
+	return (size_t)(avail < len ? avail : len);
+}
+
+static size_t job_units(const struct upager__req *j)
+{
+	return j->count ? j->count : 1;
 }
 
 /* ---- finishing a fetch ---- */
 
-/* The unit's read failed. */
-static void fail_unit(const struct upager__req *j)
+/* The read of job j failed. */
+static void fail_job(const struct upager__req *j)
 {
 	struct upager__region *r = j->r;
 	size_t u = j->unit;
@@ -116,11 +155,12 @@ static void fail_unit(const struct upager__req *j)
 	if (!j->demand) {
 		/* A failed prefetch costs nothing: the fault will try
 		 * again and report the error then. */
-		unit_cas(r->state, u, UNIT_FETCHING, UNIT_EMPTY);
+		for (size_t i = 0; i < job_units(j); i++)
+			unit_cas(r->state, u + i, UNIT_FETCHING, UNIT_EMPTY);
 		return;
 	}
 	if (r->sp->caps.poison &&
-	    upager__install(r, u, NULL, FILL_POISON, false) == 0) {
+	    upager__install(r, u, 1, NULL, FILL_POISON, false) == 0) {
 		if (unit_cas(r->state, u, UNIT_FETCHING, UNIT_PRESENT))
 			atomic_fetch_add(&r->resident, 1);
 		return;
@@ -145,86 +185,111 @@ static void count_install(struct upager__region *r,
 		CNT_INC(&r->cnt, prefetched, (uint64_t)(int64_t)d);
 	if (d > 0)
 		atomic_fetch_add(&r->resident, 1);
+	else
+		atomic_fetch_sub(&r->resident, 1);
 }
 
-/* Installs the unit. data: page_size bytes (store bytes, then zeros);
- * want: how many of them came from the store. */
+/* Units [u, u+n) are installed (ok) or could not be: their state and
+ * counters. A demand unit was counted before its install. */
+static void settle_units(const struct upager__req *j, size_t u, size_t n,
+			 bool zero, bool ok)
+{
+	struct upager__region *r = j->r;
+	for (size_t i = u; i < u + n; i++) {
+		if (!ok) {
+			/* The range is gone or going: nobody can be
+			 * waiting on it any more. */
+			if (j->demand)
+				count_install(r, j, zero, -1);
+			unit_cas(r->state, i, UNIT_FETCHING, UNIT_EMPTY);
+			continue;
+		}
+		if (!j->demand)
+			count_install(r, j, zero, 1);
+		uint8_t set = (r->wp && j->write) ? UNIT_DIRTY : 0;
+		uint8_t prev;
+		if (unit_update_prev(r->state, i, UNIT_FETCHING, UNIT_PRESENT,
+				     set, 0, &prev)) {
+			/* A write fault may have marked it while the
+			 * install was waking waiters. */
+			if (set || (prev & UNIT_DIRTY))
+				atomic_fetch_add(&r->dirty, 1);
+		} else {
+			/* Dropped by the application meanwhile. */
+			atomic_fetch_sub(&r->resident, 1);
+		}
+	}
+}
+
+/* Installs the units of job j. data: the units' bytes (store bytes, then
+ * zeros); want: how many came from the store. Consecutive units with data
+ * go in with one ioctl; all-zero units as zero pages. */
 static void finish(struct upager__worker *w, const struct upager__req *j,
 		   const char *data, size_t want)
 {
 	struct upager__region *r = j->r;
-	size_t u = j->unit;
-	if (!atomic_load(&r->dead)) {
-		if (r->budget_units || w->up->budget_units_4k)
-			upager__wb_wait_room(w->up, r);
-		bool zero = all_zero(data, want);
-		/* In a write-protected region a read fault installs the unit
-		 * protected, so the first write is seen; a write fault
-		 * installs it writable and already dirty. */
-		bool wp = r->wp && !j->write;
+	size_t n = job_units(j), ps = r->page_size;
+	if (atomic_load(&r->dead))
+		goto out;
+	if (r->budget_units || w->up->budget_units_4k)
+		upager__wb_wait_room(w->up, r);
+	/* In a write-protected region a read fault installs the unit
+	 * protected, so the first write is seen; a write fault installs it
+	 * writable and already dirty. */
+	bool wp = r->wp && !j->write;
+	for (size_t i = 0; i < n;) {
+		size_t have = want > i * ps ? want - i * ps : 0;
+		bool zero = all_zero(data + i * ps, have < ps ? have : ps);
+		size_t k = 1;
+		while (!zero && i + k < n) {
+			size_t h = want > (i + k) * ps ? want - (i + k) * ps : 0;
+			if (all_zero(data + (i + k) * ps, h < ps ? h : ps))
+				break;
+			k++;
+		}
 		/* A demand install is counted before it wakes the faulting
 		 * thread, so that a thread that has seen its data sees it
 		 * counted; a prefetch only once its pages are in, so that
 		 * whoever waits for the count finds them there. */
 		if (j->demand)
 			count_install(r, j, zero, 1);
-		int rc = upager__install(r, u, zero ? NULL : data,
+		int rc = upager__install(r, j->unit + i, k,
+					 zero ? NULL : data + i * ps,
 					 zero ? FILL_ZERO : FILL_COPY, wp);
-		if (rc == 0 && !j->demand)
-			count_install(r, j, zero, 1);
-		if (rc == 0) {
-			uint8_t set = (r->wp && j->write) ? UNIT_DIRTY : 0;
-			uint8_t prev;
-			if (unit_update_prev(r->state, u, UNIT_FETCHING,
-					     UNIT_PRESENT, set, 0, &prev)) {
-				/* A write fault may have marked it while
-				 * the install was waking waiters. */
-				if (set || (prev & UNIT_DIRTY))
-					atomic_fetch_add(&r->dirty, 1);
-			} else {
-				/* Dropped by the application meanwhile. */
-				atomic_fetch_sub(&r->resident, 1);
-			}
-			if (j->demand)
-				upager__hist_add(&r->cnt,
-						 upager__now_ns() - j->t0);
-		} else {
-			/* The range is gone or going: nobody can be
-			 * waiting on it any more. */
-			if (j->demand) {
-				count_install(r, j, zero, -1);
-				atomic_fetch_sub(&r->resident, 1);
-			}
-			unit_cas(r->state, u, UNIT_FETCHING, UNIT_EMPTY);
-		}
+		settle_units(j, j->unit + i, k, zero, rc == 0);
+		if (rc == 0 && j->demand)
+			upager__hist_add(&r->cnt, upager__now_ns() - j->t0);
+		i += k;
 	}
+out:
 	upager__region_put(r);
 }
 
 /* ---- starting a fetch ---- */
 
-static int scratch_for(struct upager__worker *w, size_t need)
-{
-	return ensure_buf(&w->scratch, &w->scratch_cap, round_up(need, ALIGN));
-}
-
+/* Custom stores are read synchronously, into arena pages held only for
+ * the call. The caller checked that they fit. */
 static void run_custom(struct upager__worker *w, const struct upager__req *j,
 		       size_t want)
 {
 	struct upager__region *r = j->r;
 	upager_store_t *s = r->store;
-	int rc = scratch_for(w, r->page_size);
+	size_t len = job_units(j) << r->page_shift, np = len / 4096;
+	char *buf = arena_alloc(w, np);
+	int rc = buf ? 0 : -ENOMEM;
 	if (rc == 0 && want)
-		rc = s->ops.read(s->ctx, w->scratch, want,
+		rc = s->ops.read(s->ctx, buf, want,
 				 r->offset + ((uint64_t)j->unit << r->page_shift));
 	if (rc != 0) {
-		fail_unit(j);
+		fail_job(j);
 		upager__region_put(r);
-		return;
+	} else {
+		CNT_INC(&r->cnt, bytes_fetched, want);
+		memset(buf + want, 0, len - want);
+		finish(w, j, buf, want);
 	}
-	CNT_INC(&r->cnt, bytes_fetched, want);
-	memset(w->scratch + want, 0, r->page_size - want);
-	finish(w, j, w->scratch, want);
+	if (buf)
+		arena_free(w, buf, np);
 }
 
 static struct io_uring_sqe *get_sqe(struct upager__worker *w)
@@ -245,17 +310,19 @@ static void submit_read(struct upager__worker *w, struct slot *sl)
 	io_uring_sqe_set_data64(sqe, (uint64_t)(sl - w->slots) + 1);
 }
 
-/* Whether start() can take unit u of r now: a read needs a free slot and
- * room in the worker's byte budget (one read is always allowed). */
-static bool can_start(const struct upager__worker *w,
-		      const struct upager__region *r, size_t u)
+/* Whether start() can take n units of r from u now: a read needs a free
+ * slot and room in the worker's byte budget (one read is always
+ * allowed). */
+static bool can_start(struct upager__worker *w, const struct upager__region *r,
+		      size_t u, size_t n)
 {
-	if (atomic_load(&r->dead) || unit_want(r, u) == 0 ||
-	    r->store->kind == UPAGER__STORE_CUSTOM)
+	if (atomic_load(&r->dead) || run_want(r, u, n) == 0)
 		return true;
-	return w->free_head >= 0 &&
-	       (w->inflight == 0 ||
-		w->inflight_bytes + r->page_size <= WORKER_BYTES);
+	/* Room for the units plus the alignment page of O_DIRECT. */
+	size_t np = (n << r->page_shift) / 4096 + 1;
+	if (r->store->kind == UPAGER__STORE_CUSTOM)
+		return arena_fits(w, np);
+	return w->free_head >= 0 && arena_fits(w, np);
 }
 
 /* Starts the fetch j; the job's region reference passes to the fetch.
@@ -263,12 +330,12 @@ static bool can_start(const struct upager__worker *w,
 static bool start(struct upager__worker *w, const struct upager__req *j)
 {
 	struct upager__region *r = j->r;
-	size_t u = j->unit;
+	size_t u = j->unit, n = job_units(j);
 	if (atomic_load(&r->dead)) {
 		upager__region_put(r);
 		return true;
 	}
-	size_t want = unit_want(r, u);
+	size_t want = run_want(r, u, n);
 	if (want == 0) {
 		finish(w, j, NULL, 0);
 		return true;
@@ -277,9 +344,10 @@ static bool start(struct upager__worker *w, const struct upager__req *j)
 		run_custom(w, j, want);
 		return true;
 	}
-	if (!can_start(w, r, u))
+	if (!can_start(w, r, u, n))
 		return false;
 	struct slot *sl = &w->slots[w->free_head];
+	size_t len = n << r->page_shift;
 	uint64_t off = r->offset + ((uint64_t)u << r->page_shift);
 	if (r->store->flags & UPAGER_STORE_DIRECT) {
 		sl->foff = off & ~(uint64_t)(ALIGN - 1);
@@ -290,20 +358,16 @@ static bool start(struct upager__worker *w, const struct upager__req *j)
 		sl->skip = 0;
 		sl->io_len = want;
 	}
-	size_t need = round_up(sl->skip + r->page_size, ALIGN);
+	size_t need = round_up(sl->skip + len, ALIGN);
 	if (need < sl->io_len)
 		need = sl->io_len;
-	if (ensure_buf(&sl->buf, &sl->cap, need)) {
-		fail_unit(j);
-		upager__region_put(r);
-		return true;
-	}
+	sl->pages = need / 4096;
+	sl->buf = arena_alloc(w, sl->pages); /* fits: can_start said so */
 	w->free_head = sl->next_free;
 	sl->job = *j;
 	sl->want = want;
 	sl->got = 0;
 	w->inflight++;
-	w->inflight_bytes += r->page_size;
 	submit_read(w, sl);
 	return true;
 }
@@ -311,7 +375,7 @@ static bool start(struct upager__worker *w, const struct upager__req *j)
 static void release_slot(struct upager__worker *w, struct slot *sl)
 {
 	w->inflight--;
-	w->inflight_bytes -= sl->job.r->page_size;
+	arena_free(w, sl->buf, sl->pages);
 	sl->job.r = NULL;
 	sl->next_free = w->free_head;
 	w->free_head = (int)(sl - w->slots);
@@ -336,7 +400,7 @@ static void on_read(struct upager__worker *w, struct slot *sl, int res)
 	}
 	if (res < 0) {
 		release_slot(w, sl);
-		fail_unit(&j);
+		fail_job(&j);
 		upager__region_put(r);
 		return;
 	}
@@ -345,7 +409,7 @@ static void on_read(struct upager__worker *w, struct slot *sl, int res)
 	if (have > sl->want)
 		have = sl->want;
 	char *data = sl->buf + sl->skip;
-	memset(data + have, 0, r->page_size - have);
+	memset(data + have, 0, (job_units(&j) << r->page_shift) - have);
 	CNT_INC(&r->cnt, bytes_fetched, have);
 	/* Install before the slot is reused: data lives in its buffer, and
 	 * nothing starts on this worker until finish() returns. */
@@ -386,9 +450,10 @@ static bool take_prefetch(struct upager__worker *w)
 	return ok;
 }
 
-static bool has_slot(const struct upager__worker *w)
+static bool has_slot(struct upager__worker *w)
 {
-	return w->free_head >= 0 && w->inflight_bytes < WORKER_BYTES;
+	/* The smallest read: one 4 KiB unit and its alignment page. */
+	return w->free_head >= 0 && arena_fits(w, 2);
 }
 
 /* Starts as much work as slots allow. Demand first; a demand fetch taken
@@ -411,18 +476,32 @@ static bool fill(struct upager__worker *w)
 		struct upager__pf *pf = &w->cur;
 		struct upager__region *r = pf->r;
 		while (pf->count) {
-			size_t u = pf->first;
-			if (!can_start(w, r, u))
+			/* Consecutive units are read with one request and
+			 * installed with one ioctl: a run of up to RUN_BYTES
+			 * (at least one unit). */
+			size_t maxn = RUN_BYTES >> r->page_shift;
+			if (maxn == 0)
+				maxn = 1;
+			if (maxn > pf->count)
+				maxn = pf->count;
+			while (maxn > 1 && !can_start(w, r, pf->first, maxn))
+				maxn /= 2;
+			if (!can_start(w, r, pf->first, maxn))
 				return true; /* the batch waits for a slot */
-			pf->first++;
-			pf->count--;
-			/* A fault may have promoted the unit meanwhile, or a
-			 * REMOVE dropped it: then it is not ours. */
-			if (atomic_load(&r->dead) ||
-			    !unit_cas(r->state, u, UNIT_QUEUED, UNIT_FETCHING))
+			struct upager__req j = { .r = r, .unit = pf->first };
+			/* A fault may have promoted a unit meanwhile, or a
+			 * REMOVE dropped it: then it is not ours, and the
+			 * run stops before it. */
+			while (j.count < maxn && !atomic_load(&r->dead) &&
+			       unit_cas(r->state, j.unit + j.count,
+					UNIT_QUEUED, UNIT_FETCHING))
+				j.count++;
+			size_t used = j.count ? j.count : 1;
+			pf->first += used;
+			pf->count -= (uint32_t)used;
+			if (j.count == 0)
 				continue;
 			atomic_fetch_add(&r->refs, 1);
-			struct upager__req j = { .r = r, .unit = u };
 			start(w, &j);
 			if (!has_slot(w))
 				break;
@@ -514,12 +593,9 @@ static void worker_free(struct upager__worker *w)
 		io_uring_queue_exit(&w->ring);
 	if (w->efd >= 0)
 		close(w->efd);
-	for (unsigned i = 0; w->slots && i < w->nslots; i++)
-		if (w->slots[i].buf)
-			munmap(w->slots[i].buf, w->slots[i].cap);
 	free(w->slots);
-	if (w->scratch)
-		munmap(w->scratch, w->scratch_cap);
+	if (w->arena)
+		munmap(w->arena, ARENA_BYTES);
 }
 
 static int worker_init(upager_t *up, struct upager__worker *w)
@@ -532,6 +608,12 @@ static int worker_init(upager_t *up, struct upager__worker *w)
 	w->slots = calloc(w->nslots, sizeof(*w->slots));
 	if (!w->slots)
 		return -ENOMEM;
+	w->arena = mmap(NULL, ARENA_BYTES, PROT_READ | PROT_WRITE,
+			MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (w->arena == MAP_FAILED) {
+		w->arena = NULL;
+		return -ENOMEM;
+	}
 	for (unsigned i = 0; i < w->nslots; i++)
 		w->slots[i].next_free = i + 1 < w->nslots ? (int)i + 1 : -1;
 	w->free_head = 0;

@@ -261,7 +261,7 @@ static void settle(struct upager__wb *wb, struct upager__region *r,
 	    move_all(up, ua, (uintptr_t)it->data, r->page_size) != 0)
 		/* Cannot happen short of a kernel change; copy instead of
 		 * losing the only copy of the data. */
-		upager__install(r, it->u, it->data, FILL_COPY, false);
+		upager__install(r, it->u, 1, it->data, FILL_COPY, false);
 	if (keep) {
 		bool dirty = was_dirty && (it->rc != 0 || !r->writeback);
 		if (!dirty && r->wp)
