@@ -154,7 +154,15 @@ static void readahead(upager_t *up, struct upager__region *r, size_t u)
 		end = r->nunits;
 	if (start >= end)
 		return;
-	upager__prefetch(up, r, start, end - start, false);
+	/* Asynchronous readahead: the unit halfway through what is newly
+	 * queued is left out. The application faults there while half of
+	 * the window is still ahead of it, and that fault queues the next
+	 * stretch, so reads keep running ahead of a sequential reader
+	 * instead of it stalling at the end of every window. */
+	size_t mark = end - start >= 4 ? start + (end - start) / 2 : end;
+	upager__prefetch(up, r, start, mark - start, false);
+	if (mark + 1 < end)
+		upager__prefetch(up, r, mark + 1, end - mark - 1, false);
 	r->ra_next = end;
 }
 
