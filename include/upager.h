@@ -458,7 +458,9 @@ UPAGER_API void upager_space_close(upager_space_t *sp);
  * the whole runtime, since it was created, including regions since
  * unmapped). */
 struct upager_stats {
-	uint64_t faults;          /* fault messages received from the kernel */
+	uint64_t faults;          /* fault messages received from the kernel
+				     (now and then the kernel repeats one for
+				     the same access; the repeat is ignored) */
 	uint64_t pages_installed; /* install units installed (copy or zero) */
 	uint64_t bytes_fetched;   /* bytes read from the store */
 	uint64_t prefetched;      /* units installed ahead of any fault

@@ -169,6 +169,14 @@ struct upager__region {
 	struct upager__counters cnt;
 };
 
+/* The region's address. The manager moves it (a whole-region mremap)
+ * under the table lock; threads that read it without that lock (workers,
+ * the write-back thread) read it atomically. */
+static inline uintptr_t region_base(const struct upager__region *r)
+{
+	return __atomic_load_n(&r->base, __ATOMIC_RELAXED);
+}
+
 void upager__region_put(struct upager__region *r) UPAGER__HIDDEN;
 /* Table edits; caller holds sp->table_lock for writing. */
 int upager__table_insert(struct upager__space *sp, struct upager__region *r) UPAGER__HIDDEN;
@@ -223,6 +231,11 @@ void upager__workers_kick(upager_t *up, unsigned n) UPAGER__HIDDEN;
 /* ---- manager (manager.c) ---- */
 
 void *upager__manager_main(void *arg) UPAGER__HIDDEN;
+/* Returns once every message the manager had read when it was called has
+ * been handled. madvise/munmap/mremap return as soon as their event is
+ * read, maybe before it is handled; a caller that must see the effect
+ * (state reset, whole-region unmap noted) waits here first. */
+void upager__manager_barrier(upager_t *up) UPAGER__HIDDEN;
 /* Queues units [first, first+count) of r for prefetch; units not EMPTY are
  * skipped. wait: block while the queue is full (else drop what does not
  * fit). Caller must keep r alive. Returns units queued. */
@@ -254,9 +267,11 @@ int upager__uffd_copy(int fd, uintptr_t dst, const void *src, size_t len,
 int upager__uffd_zero(int fd, uintptr_t dst, size_t len, size_t *done) UPAGER__HIDDEN;
 int upager__uffd_poison(int fd, uintptr_t dst, size_t len, size_t *done) UPAGER__HIDDEN;
 
-/* Installs one unit (src NULL: zeros; poison: UFFDIO_POISON), skipping
- * pages already present and retrying while the kernel reports the address
- * space changing. Wakes every waiter in the unit. Returns 0, or -errno
+/* Installs `count` units from `unit` on (src NULL: zeros; poison:
+ * UFFDIO_POISON), skipping pages already present and retrying while the
+ * kernel reports the address space changing. It does not wake anyone: the
+ * caller wakes the units once their state and counters say they are in,
+ * so that a woken thread never sees stale counters. Returns 0, or -errno
  * when the range is gone or the runtime stops. */
 enum upager__fill { FILL_COPY, FILL_ZERO, FILL_POISON };
 int upager__install(struct upager__region *r, size_t unit, size_t count,
@@ -372,6 +387,9 @@ struct upager {
 	struct upager__wb *wb;
 	uint64_t budget_units_4k; /* runtime-wide budget in 4 KiB pages */
 	atomic_int wb_tid;        /* the write-back thread's id */
+	/* Odd while the manager is reading or handling a batch, even while
+	 * it is not: see upager__manager_barrier(). */
+	atomic_uint_fast64_t mgr_epoch;
 };
 
 uint64_t upager__now_ns(void) UPAGER__HIDDEN;

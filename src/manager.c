@@ -30,6 +30,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "compat.h"
@@ -347,7 +348,7 @@ static void on_remap(struct upager__space *sp, uintptr_t from, uintptr_t to,
 		pthread_rwlock_unlock(&sp->table_lock);
 		pthread_rwlock_wrlock(&sp->table_lock);
 		if (upager__table_remove(sp, r)) {
-			r->base = to;
+			__atomic_store_n(&r->base, to, __ATOMIC_RELAXED);
 			/* Cannot fail: the remove left room. */
 			upager__table_insert(sp, r);
 		}
@@ -398,12 +399,15 @@ static void dispatch(struct mgr *m, struct upager__space *sp,
  * the rest is reported again). Returns false if the descriptor is dead. */
 static bool serve(struct mgr *m, struct upager__space *sp, struct uffd_msg *msgs)
 {
+	upager_t *up = m->up;
 	for (int round = 0; round < 16; round++) {
+		atomic_fetch_add(&up->mgr_epoch, 1); /* odd: reading */
 		ssize_t n = read(sp->uffd, msgs, BATCH * sizeof(*msgs));
-		if (n > 0) {
+		if (n > 0)
 			dispatch(m, sp, msgs, (size_t)n / sizeof(*msgs));
+		atomic_fetch_add(&up->mgr_epoch, 1); /* even: handled */
+		if (n > 0)
 			continue;
-		}
 		if (n < 0 && errno == EINTR)
 			continue;
 		if (n < 0 && errno == EAGAIN)
@@ -411,6 +415,17 @@ static bool serve(struct mgr *m, struct upager__space *sp, struct uffd_msg *msgs
 		return false; /* EOF or a dead descriptor */
 	}
 	return true;
+}
+
+void upager__manager_barrier(upager_t *up)
+{
+	uint64_t e = atomic_load(&up->mgr_epoch);
+	if (!(e & 1))
+		return; /* idle: whatever it read is handled */
+	while (atomic_load(&up->mgr_epoch) == e && !atomic_load(&up->stopping)) {
+		struct timespec ts = { 0, 20000 };
+		nanosleep(&ts, NULL);
+	}
 }
 
 void *upager__manager_main(void *arg)

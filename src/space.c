@@ -145,6 +145,10 @@ static void region_teardown(struct upager__region *r)
 
 int upager__region_remove(struct upager__space *sp, uintptr_t base)
 {
+	/* If the application unmapped the range itself, its UNMAP event has
+	 * been read, but maybe not handled: wait, or we could unmap whatever
+	 * the application has mapped there since. */
+	upager__manager_barrier(sp->up);
 	pthread_rwlock_wrlock(&sp->table_lock);
 	struct upager__region *r = upager__lookup(sp, base);
 	if (!r || r->base != base || atomic_load(&r->dead)) {
@@ -204,6 +208,7 @@ int upager__space_flush(struct upager__space *sp, uintptr_t a, size_t len)
 
 void upager__space_clear(struct upager__space *sp)
 {
+	upager__manager_barrier(sp->up); /* as in upager__region_remove */
 	for (;;) {
 		pthread_rwlock_wrlock(&sp->table_lock);
 		struct upager__region *r = sp->nregions ?
@@ -263,12 +268,12 @@ int upager__space_advise(struct upager__space *sp, uintptr_t a, size_t len,
 		/* The kernel reports the zap to the manager as a REMOVE
 		 * event, which resets the units' state, but the madvise
 		 * returns as soon as the event is read, maybe before the
-		 * manager handled it: forget the units here too, so that
-		 * what the caller does next (WILLNEED) sees them gone. */
-		upager__forget_units(r, first, count);
+		 * manager handled it: wait for that, so that what the
+		 * caller does next (WILLNEED) sees the units gone. */
 		void *p = (void *)(r->base + (first << r->page_shift));
 		if (madvise(p, count << r->page_shift, MADV_DONTNEED))
 			rc = -errno;
+		upager__manager_barrier(sp->up);
 		break;
 	}
 	default:

@@ -9,8 +9,7 @@
  * length.
  *
  * upager__install() implements the install contract (design.md, "kernel
- * contract"): EEXIST means a page is already there, so it is skipped and
- * the unit woken; EAGAIN/ENOENT mean the address space is changing and an
+ * contract"): EEXIST means a page is already there, so it is skipped; EAGAIN/ENOENT mean the address space is changing and an
  * event is waiting for the manager to read it, so the install backs off
  * and retries; ESRCH/ENOSPC mean the address space is gone.
  */
@@ -162,20 +161,36 @@ int upager__uffd_copy(int fd, uintptr_t dst, const void *src, size_t len,
 	return uffd_copy_mode(fd, dst, src, len, 0, done);
 }
 
-int upager__uffd_zero(int fd, uintptr_t dst, size_t len, size_t *done)
+static int uffd_zero_mode(int fd, uintptr_t dst, size_t len, uint64_t mode,
+			  size_t *done)
 {
-	struct uffdio_zeropage z = { .range = { .start = dst, .len = len } };
+	struct uffdio_zeropage z = {
+		.range = { .start = dst, .len = len }, .mode = mode,
+	};
 	int rc = ioctl(fd, UFFDIO_ZEROPAGE, &z) ? -errno : 0;
 	*done = rc ? clamp_done(z.zeropage) : len;
 	return rc;
 }
 
-int upager__uffd_poison(int fd, uintptr_t dst, size_t len, size_t *done)
+int upager__uffd_zero(int fd, uintptr_t dst, size_t len, size_t *done)
 {
-	struct uffdio_poison p = { .range = { .start = dst, .len = len } };
+	return uffd_zero_mode(fd, dst, len, 0, done);
+}
+
+static int uffd_poison_mode(int fd, uintptr_t dst, size_t len, uint64_t mode,
+			    size_t *done)
+{
+	struct uffdio_poison p = {
+		.range = { .start = dst, .len = len }, .mode = mode,
+	};
 	int rc = ioctl(fd, UFFDIO_POISON, &p) ? -errno : 0;
 	*done = rc ? clamp_done(p.updated) : len;
 	return rc;
+}
+
+int upager__uffd_poison(int fd, uintptr_t dst, size_t len, size_t *done)
+{
+	return uffd_poison_mode(fd, dst, len, 0, done);
 }
 
 int upager__uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len,
@@ -211,12 +226,11 @@ int upager__install(struct upager__region *r, size_t unit, size_t count,
 {
 	upager_t *up = r->up;
 	int fd = r->sp->uffd;
-	uintptr_t dst = r->base + (unit << r->page_shift);
+	uintptr_t dst = region_base(r) + (unit << r->page_shift);
 	size_t len = count << r->page_shift, off = 0;
 	if (how == FILL_ZERO && wp && len > sizeof(zeros))
 		return -EINVAL; /* callers install zero units one by one */
 	unsigned delay = 2, enoent = 0;
-	bool skipped = false;
 	int rc = 0;
 
 	if (how == FILL_ZERO && wp) {
@@ -229,15 +243,18 @@ int upager__install(struct upager__region *r, size_t unit, size_t count,
 		case FILL_COPY:
 			rc = uffd_copy_mode(fd, dst + off,
 					    (const char *)src + off, len - off,
-					    wp ? UFFDIO_COPY_MODE_WP : 0, &done);
+					    UFFDIO_COPY_MODE_DONTWAKE |
+					    (wp ? UFFDIO_COPY_MODE_WP : 0),
+					    &done);
 			break;
 		case FILL_ZERO:
-			rc = upager__uffd_zero(fd, dst + off, len - off,
-					       &done);
+			rc = uffd_zero_mode(fd, dst + off, len - off,
+					    UFFDIO_ZEROPAGE_MODE_DONTWAKE, &done);
 			break;
 		case FILL_POISON:
-			rc = upager__uffd_poison(fd, dst + off,
-						 len - off, &done);
+			rc = uffd_poison_mode(fd, dst + off, len - off,
+					      UFFDIO_POISON_MODE_DONTWAKE,
+					      &done);
 			break;
 		}
 		off += done;
@@ -249,7 +266,6 @@ int upager__install(struct upager__region *r, size_t unit, size_t count,
 			/* A racing install or a page the application kept:
 			 * leave it, fill the rest. */
 			off += PAGE;
-			skipped = true;
 			continue;
 		}
 		if (rc == -EAGAIN || rc == -ENOENT) {
@@ -271,9 +287,5 @@ int upager__install(struct upager__region *r, size_t unit, size_t count,
 			atomic_store(&r->sp->gone, true);
 		return rc;
 	}
-	/* Copies wake the range they filled; pages skipped as present may
-	 * still have waiters that only a wake releases. */
-	if (skipped)
-		upager__uffd_wake(fd, dst, len);
 	return 0;
 }

@@ -163,6 +163,8 @@ static void fail_job(const struct upager__req *j)
 	    upager__install(r, u, 1, NULL, FILL_POISON, false) == 0) {
 		if (unit_cas(r->state, u, UNIT_FETCHING, UNIT_PRESENT))
 			atomic_fetch_add(&r->resident, 1);
+		upager__uffd_wake(r->sp->uffd, region_base(r) + (u << r->page_shift),
+				  r->page_size);
 		return;
 	}
 	/* No UFFDIO_POISON (kernel < 6.6): signal the faulting thread,
@@ -171,22 +173,19 @@ static void fail_job(const struct upager__req *j)
 	if (j->tid && r->sp->local)
 		syscall(SYS_tgkill, getpid(), (pid_t)j->tid, SIGBUS);
 	unit_cas(r->state, u, UNIT_FETCHING, UNIT_EMPTY);
-	upager__uffd_wake(r->sp->uffd, r->base + (u << r->page_shift),
+	upager__uffd_wake(r->sp->uffd, region_base(r) + (u << r->page_shift),
 			  r->page_size);
 }
 
 static void count_install(struct upager__region *r,
-			  const struct upager__req *j, bool zero, int d)
+			  const struct upager__req *j, bool zero)
 {
-	CNT_INC(&r->cnt, installed, (uint64_t)(int64_t)d);
+	CNT_INC(&r->cnt, installed, 1);
 	if (zero)
-		CNT_INC(&r->cnt, zero, (uint64_t)(int64_t)d);
+		CNT_INC(&r->cnt, zero, 1);
 	if (!j->demand)
-		CNT_INC(&r->cnt, prefetched, (uint64_t)(int64_t)d);
-	if (d > 0)
-		atomic_fetch_add(&r->resident, 1);
-	else
-		atomic_fetch_sub(&r->resident, 1);
+		CNT_INC(&r->cnt, prefetched, 1);
+	atomic_fetch_add(&r->resident, 1);
 }
 
 /* Units [u, u+n) are installed (ok) or could not be: their state and
@@ -199,13 +198,10 @@ static void settle_units(const struct upager__req *j, size_t u, size_t n,
 		if (!ok) {
 			/* The range is gone or going: nobody can be
 			 * waiting on it any more. */
-			if (j->demand)
-				count_install(r, j, zero, -1);
 			unit_cas(r->state, i, UNIT_FETCHING, UNIT_EMPTY);
 			continue;
 		}
-		if (!j->demand)
-			count_install(r, j, zero, 1);
+		count_install(r, j, zero);
 		uint8_t set = (r->wp && j->write) ? UNIT_DIRTY : 0;
 		uint8_t prev;
 		if (unit_update_prev(r->state, i, UNIT_FETCHING, UNIT_PRESENT,
@@ -247,18 +243,18 @@ static void finish(struct upager__worker *w, const struct upager__req *j,
 				break;
 			k++;
 		}
-		/* A demand install is counted before it wakes the faulting
-		 * thread, so that a thread that has seen its data sees it
-		 * counted; a prefetch only once its pages are in, so that
-		 * whoever waits for the count finds them there. */
-		if (j->demand)
-			count_install(r, j, zero, 1);
+		/* Installed without waking; counted; then woken: a thread
+		 * that has seen its data sees it counted, and whoever waits
+		 * for a count finds the pages there. */
 		int rc = upager__install(r, j->unit + i, k,
 					 zero ? NULL : data + i * ps,
 					 zero ? FILL_ZERO : FILL_COPY, wp);
 		settle_units(j, j->unit + i, k, zero, rc == 0);
 		if (rc == 0 && j->demand)
 			upager__hist_add(&r->cnt, upager__now_ns() - j->t0);
+		upager__uffd_wake(r->sp->uffd,
+				  region_base(r) + ((j->unit + i) << r->page_shift),
+				  k * ps);
 		i += k;
 	}
 out:

@@ -84,7 +84,7 @@ struct item {
 
 static uintptr_t unit_addr(const struct upager__region *r, size_t u)
 {
-	return r->base + (u << r->page_shift);
+	return region_base(r) + (u << r->page_shift);
 }
 
 /* Moves len bytes between region and scratch, retrying while the kernel
