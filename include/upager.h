@@ -81,7 +81,7 @@ struct upager_config {
 	 * at most 1<<20. */
 	unsigned max_pending;
 	/* Capacity of the prefetch queue (readahead and UPAGER_ADV_WILLNEED
-	 * batches, each entry up to 64 units). Readahead that does not fit is
+	 * batches, each entry up to 256 units). Readahead that does not fit is
 	 * dropped; upager_advise() waits for room. 0: 1024. At least 16, at
 	 * most 1<<20. */
 	unsigned max_prefetch;

@@ -207,7 +207,7 @@ struct upager__pf {
 	uint32_t count;
 };
 
-#define UPAGER__PF_CHUNK 64u
+#define UPAGER__PF_CHUNK 256u
 
 struct upager__ring {
 	void *slots;

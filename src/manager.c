@@ -137,8 +137,14 @@ static void readahead(upager_t *up, struct upager__region *r, size_t u)
 	size_t win = r->ra_units;
 	if (adv == UPAGER_ADV_RANDOM)
 		return;
-	if (adv == UPAGER_ADV_SEQUENTIAL && win < 2 * UPAGER__PF_CHUNK)
-		win = 2 * UPAGER__PF_CHUNK;
+	if (adv == UPAGER_ADV_SEQUENTIAL) {
+		/* At least 16 MiB (and two units) ahead. */
+		size_t seq_win = (16u << 20) >> r->page_shift;
+		if (seq_win < 2)
+			seq_win = 2;
+		if (win < seq_win)
+			win = seq_win;
+	}
 	if (win == 0)
 		return;
 	/* Sequential: the next unit, or a unit inside the window already
