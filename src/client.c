@@ -282,12 +282,16 @@ int upager__client_connect(upager_t *up, const struct upager_config *cfg)
 		rc = -EPROTO;
 		goto fail;
 	}
-	rc = -pthread_create(&c->watcher, NULL, watcher_main, c);
-	if (rc)
-		goto fail;
-	c->watcher_started = true;
+	/* Before the watcher exists: a fallback restores nworkers. */
 	up->nworkers = 0;
 	up->client = c;
+	rc = -pthread_create(&c->watcher, NULL, watcher_main, c);
+	if (rc) {
+		up->nworkers = c->nworkers;
+		up->client = NULL;
+		goto fail;
+	}
+	c->watcher_started = true;
 	return 0;
 fail:
 	client_free(c);

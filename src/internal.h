@@ -178,6 +178,7 @@ static inline uintptr_t region_base(const struct upager__region *r)
 }
 
 void upager__region_put(struct upager__region *r) UPAGER__HIDDEN;
+
 /* Table edits; caller holds sp->table_lock for writing. */
 int upager__table_insert(struct upager__space *sp, struct upager__region *r) UPAGER__HIDDEN;
 bool upager__table_remove(struct upager__space *sp, struct upager__region *r) UPAGER__HIDDEN;
@@ -224,13 +225,38 @@ bool upager__ring_pop(struct upager__ring *q, void *e) UPAGER__HIDDEN;
 
 struct upager__worker;
 int upager__workers_start(upager_t *up) UPAGER__HIDDEN;
+/* The manager's own worker: a ring, slots and arena for the demand reads
+ * it starts itself; it takes nothing from the shared queues. */
+int upager__worker_new_manager(upager_t *up, struct upager__worker **out) UPAGER__HIDDEN;
+void upager__worker_free_manager(struct upager__worker *w) UPAGER__HIDDEN;
+void *upager__worker_run(struct upager__worker *w) UPAGER__HIDDEN;
+/* Starts demand fetch j on w now if w can (a file store read, or a unit
+ * past the store's end, with a slot free); the job's region reference
+ * passes to it. False: nothing started, the caller keeps the job. */
+bool upager__worker_start_local(struct upager__worker *w,
+				const struct upager__req *j) UPAGER__HIDDEN;
 void upager__workers_stop(upager_t *up) UPAGER__HIDDEN;
 /* Wakes up to n sleeping workers after work was queued. */
 void upager__workers_kick(upager_t *up, unsigned n) UPAGER__HIDDEN;
 
 /* ---- manager (manager.c) ---- */
 
+/* The manager thread (arg: the runtime). It is a worker of its own: it
+ * reads the descriptors, starts demand reads of file stores itself, and
+ * hands everything else to the workers. upager__manager_init prepares it
+ * (before the thread starts), upager__manager_fini frees it (after). */
 void *upager__manager_main(void *arg) UPAGER__HIDDEN;
+int upager__manager_init(upager_t *up) UPAGER__HIDDEN;
+void upager__manager_fini(upager_t *up) UPAGER__HIDDEN;
+/* Reads what the descriptors have (epoll, no waiting) and handles it. */
+void upager__manager_serve(upager_t *up) UPAGER__HIDDEN;
+/* Hands pending demand fetches to the shared queue; true when none is
+ * left (the manager may read more messages). */
+bool upager__manager_flush(upager_t *up) UPAGER__HIDDEN;
+/* From the manager thread: a demand fetch it started cannot be installed
+ * without waiting (EAGAIN): hand it to the workers (it keeps its region
+ * reference and its FETCHING unit). */
+void upager__manager_defer(upager_t *up, const struct upager__req *j) UPAGER__HIDDEN;
 /* Returns once every message the manager had read when it was called has
  * been handled. madvise/munmap/mremap return as soon as their event is
  * read, maybe before it is handled; a caller that must see the effect
@@ -274,6 +300,10 @@ int upager__uffd_poison(int fd, uintptr_t dst, size_t len, size_t *done) UPAGER_
  * so that a woken thread never sees stale counters. Returns 0, or -errno
  * when the range is gone or the runtime stops. */
 enum upager__fill { FILL_COPY, FILL_ZERO, FILL_POISON };
+/* True on the manager thread (which must never wait for an event to be
+ * read: it is the one that reads them). */
+extern _Thread_local bool upager__on_manager UPAGER__HIDDEN;
+
 int upager__install(struct upager__region *r, size_t unit, size_t count,
 		    const void *src, enum upager__fill how, bool wp) UPAGER__HIDDEN;
 int upager__uffd_register_mode(int fd, uintptr_t base, size_t len,
@@ -382,11 +412,14 @@ struct upager {
 	pthread_t manager;
 	bool manager_started;
 	struct upager__worker *workers;
+	struct upager__worker *mgr_w; /* the manager's own ring and slots */
+	struct mgr *mgr;              /* manager.c's state */
 	/* client.c: set when upagerd serves this runtime's faults. */
 	struct upager__client *client;
 	struct upager__wb *wb;
 	uint64_t budget_units_4k; /* runtime-wide budget in 4 KiB pages */
 	atomic_int wb_tid;        /* the write-back thread's id */
+	atomic_size_t resident_4k; /* all regions' resident units, in 4 KiB */
 	/* Odd while the manager is reading or handling a batch, even while
 	 * it is not: see upager__manager_barrier(). */
 	atomic_uint_fast64_t mgr_epoch;
@@ -414,5 +447,19 @@ int upager__client_advise(upager_t *up, uintptr_t a, size_t len,
 			  int advice) UPAGER__HIDDEN;
 /* upager_stats(up, NULL): adds the daemon's counters for this client. */
 int upager__client_stats_add(upager_t *up, struct upager_stats *acc) UPAGER__HIDDEN;
+
+/* One unit of r more (+1) or less (-1) resident; the runtime-wide total
+ * follows. */
+static inline void resident_add(struct upager__region *r, int d)
+{
+	size_t pages = (size_t)1 << (r->page_shift - 12);
+	if (d > 0) {
+		atomic_fetch_add(&r->resident, 1);
+		atomic_fetch_add(&r->up->resident_4k, pages);
+	} else {
+		atomic_fetch_sub(&r->resident, 1);
+		atomic_fetch_sub(&r->up->resident_4k, pages);
+	}
+}
 
 #endif /* UPAGER_INTERNAL_H */

@@ -27,6 +27,7 @@
 #include <errno.h>
 #include <sys/epoll.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
@@ -85,49 +86,67 @@ size_t upager__prefetch(upager_t *up, struct upager__region *r, size_t first,
 
 struct mgr {
 	upager_t *up;
-	struct upager__req pending[BATCH];
-	unsigned npending;
+	/* Demand fetches the manager could not start itself and the shared
+	 * queue had no room for. While there are any, it reads no more
+	 * messages (the faulting threads wait in the kernel). */
+	struct upager__req *pending; /* BATCH + queue_depth entries */
+	unsigned npending, cap;
 	unsigned kicks;
+	struct uffd_msg msgs[BATCH];
 };
 
-static void flush_demand(struct mgr *m)
+bool upager__manager_flush(upager_t *up)
 {
-	upager_t *up = m->up;
+	struct mgr *m = up->mgr;
 	unsigned i = 0;
-	pthread_mutex_lock(&up->qlock);
-	while (i < m->npending) {
-		if (upager__ring_push(&up->demand, &m->pending[i])) {
+	if (m->npending) {
+		pthread_mutex_lock(&up->qlock);
+		while (i < m->npending &&
+		       upager__ring_push(&up->demand, &m->pending[i])) {
 			atomic_fetch_add(&up->demand_count, 1);
 			i++;
-			continue;
 		}
-		/* Full: the only place the manager waits on workers. Kick
-		 * them so they drain, and wait for a slot. */
 		pthread_mutex_unlock(&up->qlock);
-		upager__workers_kick(up, up->nworkers);
-		pthread_mutex_lock(&up->qlock);
-		if (atomic_load(&up->stopping))
-			break;
-		if (up->demand.count == up->demand.cap)
-			pthread_cond_wait(&up->space_cv, &up->qlock);
+		memmove(m->pending, m->pending + i,
+			(m->npending - i) * sizeof(m->pending[0]));
+		m->npending -= i;
+		m->kicks += i;
 	}
-	pthread_mutex_unlock(&up->qlock);
-	for (unsigned j = i; j < m->npending; j++) /* stopping: undo */
-		upager__region_put(m->pending[j].r);
-	m->kicks += i;
-	m->npending = 0;
+	if (m->kicks || m->npending) {
+		/* Still full: wake every worker so that they drain it. */
+		upager__workers_kick(up, m->npending ? up->nworkers : m->kicks);
+		m->kicks = 0;
+	}
+	return m->npending == 0;
 }
 
 static void queue_demand(struct mgr *m, struct upager__region *r, size_t u,
 			 uint64_t t0, uint32_t tid, bool write)
 {
-	if (m->npending == BATCH)
-		flush_demand(m);
 	atomic_fetch_add(&r->refs, 1);
-	m->pending[m->npending++] = (struct upager__req){
+	struct upager__req req = {
 		.r = r, .unit = u, .t0 = t0, .tid = tid, .write = write,
 		.demand = true,
 	};
+	/* The manager reads the unit itself when it can: one thread less to
+	 * wake on the fault's path (a wake-up that crosses CPUs costs more
+	 * than the read's submission). */
+	if (upager__worker_start_local(m->up->mgr_w, &req))
+		return;
+	/* At most one per message, and no new batch is read while any are
+	 * left: pending never overflows. */
+	m->pending[m->npending++] = req;
+}
+
+void upager__manager_defer(upager_t *up, const struct upager__req *j)
+{
+	struct mgr *m = up->mgr;
+	/* Room for one batch plus every read the manager can have in
+	 * flight, each deferred at most once per completion. */
+	if (m->npending < m->cap)
+		m->pending[m->npending++] = *j;
+	else
+		upager__region_put(j->r); /* cannot happen: see cap */
 }
 
 /* Readahead on a sequential stream: queue the window beyond unit u. */
@@ -176,7 +195,7 @@ static void readahead(upager_t *up, struct upager__region *r, size_t u)
 /* Accounting for a PRESENT unit (old byte b) that is no longer there. */
 static void unit_forgotten(struct upager__region *r, uint8_t b)
 {
-	atomic_fetch_sub(&r->resident, 1);
+	resident_add(r, -1);
 	if (b & UNIT_DIRTY)
 		atomic_fetch_sub(&r->dirty, 1);
 }
@@ -393,11 +412,7 @@ static void dispatch(struct mgr *m, struct upager__space *sp,
 		}
 	}
 	pthread_rwlock_unlock(&sp->table_lock);
-	flush_demand(m);
-	if (m->kicks) {
-		upager__workers_kick(up, m->kicks);
-		m->kicks = 0;
-	}
+	upager__manager_flush(up);
 }
 
 /* Reads and serves what sp has pending, a bounded number of batches so
@@ -406,7 +421,7 @@ static void dispatch(struct mgr *m, struct upager__space *sp,
 static bool serve(struct mgr *m, struct upager__space *sp, struct uffd_msg *msgs)
 {
 	upager_t *up = m->up;
-	for (int round = 0; round < 16; round++) {
+	for (int round = 0; round < 16 && m->npending == 0; round++) {
 		atomic_fetch_add(&up->mgr_epoch, 1); /* odd: reading */
 		ssize_t n = read(sp->uffd, msgs, BATCH * sizeof(*msgs));
 		if (n > 0)
@@ -434,30 +449,71 @@ void upager__manager_barrier(upager_t *up)
 	}
 }
 
+void upager__manager_serve(upager_t *up)
+{
+	struct mgr *m = up->mgr;
+	struct epoll_event evs[16];
+	/* Lock first: an adopted space closed meanwhile must not be in the
+	 * events (upager_space_close removes it under the write lock). */
+	pthread_rwlock_rdlock(&up->spaces_lock);
+	int n = epoll_wait(up->epfd, evs, 16, 0);
+	for (int i = 0; i < n; i++) {
+		struct upager__space *sp = evs[i].data.ptr;
+		if (!sp) {
+			/* ctl_fd: the loop re-checks `stopping`. */
+			uint64_t v;
+			ssize_t rc = read(up->ctl_fd, &v, sizeof(v));
+			(void)rc;
+			continue;
+		}
+		if (!serve(m, sp, m->msgs) ||
+		    (evs[i].events & (EPOLLERR | EPOLLHUP))) {
+			/* The descriptor is dead (its process exited): stop
+			 * polling it until its owner closes it. */
+			atomic_store(&sp->gone, true);
+			epoll_ctl(up->epfd, EPOLL_CTL_DEL, sp->uffd, NULL);
+		}
+	}
+	pthread_rwlock_unlock(&up->spaces_lock);
+}
+
+int upager__manager_init(upager_t *up)
+{
+	up->mgr = calloc(1, sizeof(struct mgr));
+	if (!up->mgr)
+		return -ENOMEM;
+	up->mgr->up = up;
+	up->mgr->cap = BATCH + up->queue_depth;
+	up->mgr->pending = calloc(up->mgr->cap, sizeof(struct upager__req));
+	int rc = up->mgr->pending ? upager__worker_new_manager(up, &up->mgr_w) :
+				    -ENOMEM;
+	if (rc) {
+		free(up->mgr->pending);
+		free(up->mgr);
+		up->mgr = NULL;
+	}
+	return rc;
+}
+
+void upager__manager_fini(upager_t *up)
+{
+	if (!up->mgr)
+		return;
+	/* Stopping: demand fetches never handed over hold references. */
+	for (unsigned i = 0; i < up->mgr->npending; i++)
+		upager__region_put(up->mgr->pending[i].r);
+	upager__worker_free_manager(up->mgr_w);
+	up->mgr_w = NULL;
+	free(up->mgr->pending);
+	free(up->mgr);
+	up->mgr = NULL;
+}
+
+_Thread_local bool upager__on_manager;
+
 void *upager__manager_main(void *arg)
 {
 	upager_t *up = arg;
-	struct mgr m = { .up = up };
-	struct uffd_msg msgs[BATCH];
-	struct epoll_event evs[16];
-
-	while (!atomic_load(&up->stopping)) {
-		int n = epoll_wait(up->epfd, evs, 16, -1);
-		if (n < 0 && errno != EINTR)
-			break;
-		pthread_rwlock_rdlock(&up->spaces_lock);
-		for (int i = 0; i < n; i++) {
-			struct upager__space *sp = evs[i].data.ptr;
-			if (!sp)
-				continue; /* ctl_fd: the loop re-checks stopping */
-			if (!serve(&m, sp, msgs) || (evs[i].events & (EPOLLERR | EPOLLHUP))) {
-				/* The descriptor is dead (its process exited):
-				 * stop polling it until its owner closes it. */
-				atomic_store(&sp->gone, true);
-				epoll_ctl(up->epfd, EPOLL_CTL_DEL, sp->uffd, NULL);
-			}
-		}
-		pthread_rwlock_unlock(&up->spaces_lock);
-	}
-	return NULL;
+	upager__on_manager = true;
+	return upager__worker_run(up->mgr_w);
 }

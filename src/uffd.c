@@ -275,6 +275,10 @@ int upager__install(struct upager__region *r, size_t unit, size_t count,
 			if (atomic_load(&r->dead) || atomic_load(&up->stopping) ||
 			    atomic_load(&r->sp->gone))
 				return -ECANCELED;
+			/* The manager must not wait for itself to read the
+			 * event: its caller hands the job to a worker. */
+			if (upager__on_manager)
+				return -EAGAIN;
 			if (rc == -ENOENT && ++enoent > 64)
 				return rc; /* the range is no longer there */
 			CNT_INC(&r->cnt, retries, 1);

@@ -19,6 +19,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <liburing.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,6 +35,7 @@
 #define RUN_BYTES (1u << 20)   /* largest prefetch read */
 #define ALIGN 4096u
 #define EFD_TAG 0ull
+#define POLL_TAG UINT64_MAX /* the manager's poll on the epoll descriptor */
 
 struct slot {
 	struct upager__req job;
@@ -57,6 +59,8 @@ struct upager__worker {
 	uint64_t efd_val;
 	bool efd_armed;
 	atomic_int sleeping;
+	bool manager;      /* the manager's worker (see manager.c) */
+	bool poll_armed;
 	struct slot *slots;
 	unsigned nslots;
 	int free_head;
@@ -159,10 +163,17 @@ static void fail_job(const struct upager__req *j)
 			unit_cas(r->state, u + i, UNIT_FETCHING, UNIT_EMPTY);
 		return;
 	}
-	if (r->sp->caps.poison &&
-	    upager__install(r, u, 1, NULL, FILL_POISON, false) == 0) {
+	int prc = r->sp->caps.poison ?
+		  upager__install(r, u, 1, NULL, FILL_POISON, false) : -1;
+	if (prc == -EAGAIN && upager__on_manager) {
+		/* A worker will read (and fail) again, and poison then. */
+		atomic_fetch_add(&r->refs, 1);
+		upager__manager_defer(r->up, j);
+		return;
+	}
+	if (prc == 0) {
 		if (unit_cas(r->state, u, UNIT_FETCHING, UNIT_PRESENT))
-			atomic_fetch_add(&r->resident, 1);
+			resident_add(r, 1);
 		upager__uffd_wake(r->sp->uffd, region_base(r) + (u << r->page_shift),
 				  r->page_size);
 		return;
@@ -185,7 +196,7 @@ static void count_install(struct upager__region *r,
 		CNT_INC(&r->cnt, zero, 1);
 	if (!j->demand)
 		CNT_INC(&r->cnt, prefetched, 1);
-	atomic_fetch_add(&r->resident, 1);
+	resident_add(r, 1);
 }
 
 /* Units [u, u+n) are installed (ok) or could not be: their state and
@@ -212,7 +223,7 @@ static void settle_units(const struct upager__req *j, size_t u, size_t n,
 				atomic_fetch_add(&r->dirty, 1);
 		} else {
 			/* Dropped by the application meanwhile. */
-			atomic_fetch_sub(&r->resident, 1);
+			resident_add(r, -1);
 		}
 	}
 }
@@ -227,8 +238,14 @@ static void finish(struct upager__worker *w, const struct upager__req *j,
 	size_t n = job_units(j), ps = r->page_size;
 	if (atomic_load(&r->dead))
 		goto out;
-	if (r->budget_units || w->up->budget_units_4k)
-		upager__wb_wait_room(w->up, r);
+	if (r->budget_units || w->up->budget_units_4k) {
+		/* The manager only kicks the write-back thread: waiting
+		 * for it could mean waiting for itself. */
+		if (w->manager)
+			upager__wb_kick(w->up);
+		else
+			upager__wb_wait_room(w->up, r);
+	}
 	/* In a write-protected region a read fault installs the unit
 	 * protected, so the first write is seen; a write fault installs it
 	 * writable and already dirty. */
@@ -249,6 +266,12 @@ static void finish(struct upager__worker *w, const struct upager__req *j,
 		int rc = upager__install(r, j->unit + i, k,
 					 zero ? NULL : data + i * ps,
 					 zero ? FILL_ZERO : FILL_COPY, wp);
+		if (rc == -EAGAIN && w->manager) {
+			/* An event is unread and the manager is the one to
+			 * read it: a worker installs this job instead. */
+			upager__manager_defer(w->up, j);
+			return;
+		}
 		settle_units(j, j->unit + i, k, zero, rc == 0);
 		if (rc == 0 && j->demand)
 			upager__hist_add(&r->cnt, upager__now_ns() - j->t0);
@@ -527,9 +550,11 @@ static void arm_eventfd(struct upager__worker *w)
 	w->efd_armed = true;
 }
 
-static void reap(struct upager__worker *w)
+/* Handles every completion; returns true if the manager's poll fired. */
+static bool reap(struct upager__worker *w)
 {
 	struct io_uring_cqe *cqe;
+	bool polled = false;
 	while (io_uring_peek_cqe(&w->ring, &cqe) == 0) {
 		uint64_t tag = io_uring_cqe_get_data64(cqe);
 		int res = cqe->res;
@@ -538,15 +563,78 @@ static void reap(struct upager__worker *w)
 			w->efd_armed = false;
 			continue;
 		}
+		if (tag == POLL_TAG) {
+			w->poll_armed = false;
+			polled = true;
+			continue;
+		}
 		on_read(w, &w->slots[tag - 1], res);
+	}
+	return polled;
+}
+
+bool upager__worker_start_local(struct upager__worker *w,
+				const struct upager__req *j)
+{
+	struct upager__region *r = j->r;
+	/* Custom stores are read synchronously: never on the manager, whose
+	 * job is to keep reading faults. */
+	if (r->store->kind != UPAGER__STORE_FILE &&
+	    run_want(r, j->unit, job_units(j)) != 0)
+		return false;
+	/* Nor for a region under a budget: an install there may have to wait
+	 * for the write-back thread to make room. */
+	if (r->budget_units || w->up->budget_units_4k)
+		return false;
+	if (!has_slot(w) || !can_start(w, r, j->unit, job_units(j)))
+		return false;
+	return start(w, j);
+}
+
+/* The manager's loop: wait for a fault message (a poll on the epoll
+ * descriptor in the ring) or a read completion, whichever comes first. */
+static void manager_loop(struct upager__worker *w)
+{
+	upager_t *up = w->up;
+	for (;;) {
+		bool stopping = atomic_load(&up->stopping);
+		if (stopping && w->inflight == 0)
+			break;
+		/* Demand the shared queue had no room for: no new messages
+		 * until it is handed over; retry every millisecond. */
+		bool backlog = !stopping && !upager__manager_flush(up);
+		arm_eventfd(w);
+		if (!stopping && !backlog && !w->poll_armed) {
+			struct io_uring_sqe *sqe = get_sqe(w);
+			io_uring_prep_poll_add(sqe, up->epfd, POLLIN);
+			io_uring_sqe_set_data64(sqe, POLL_TAG);
+			w->poll_armed = true;
+		}
+		int rc;
+		if (backlog) {
+			struct __kernel_timespec ts = { 0, 1000000 };
+			struct io_uring_cqe *cqe;
+			rc = io_uring_submit_and_wait_timeout(&w->ring, &cqe, 1,
+							      &ts, NULL);
+			if (rc == -ETIME)
+				rc = 0;
+		} else {
+			rc = io_uring_submit_and_wait(&w->ring, 1);
+		}
+		if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
+			break; /* the ring is unusable; should not happen */
+		if (reap(w) && !atomic_load(&up->stopping))
+			upager__manager_serve(up);
 	}
 }
 
-static void *worker_main(void *arg)
+void *upager__worker_run(struct upager__worker *w)
 {
-	struct upager__worker *w = arg;
 	upager_t *up = w->up;
-
+	if (w->manager) {
+		manager_loop(w);
+		return NULL;
+	}
 	for (;;) {
 		bool stopping = atomic_load(&up->stopping);
 		bool blocked = !stopping && fill(w);
@@ -568,6 +656,11 @@ static void *worker_main(void *arg)
 		reap(w);
 	}
 	return NULL;
+}
+
+static void *worker_main(void *arg)
+{
+	return upager__worker_run(arg);
 }
 
 void upager__workers_kick(upager_t *up, unsigned n)
@@ -621,14 +714,45 @@ static int worker_init(upager_t *up, struct upager__worker *w)
 	return 0;
 }
 
+int upager__worker_new_manager(upager_t *up, struct upager__worker **out)
+{
+	struct upager__worker *w = calloc(1, sizeof(*w));
+	if (!w)
+		return -ENOMEM;
+	w->efd = -1;
+	w->manager = true;
+	int rc = worker_init(up, w);
+	if (rc) {
+		worker_free(w);
+		free(w);
+		return rc;
+	}
+	*out = w;
+	return 0;
+}
+
+void upager__worker_free_manager(struct upager__worker *w)
+{
+	if (!w)
+		return;
+	worker_free(w);
+	free(w);
+}
+
 int upager__workers_start(upager_t *up)
 {
+	/* The manager's worker too: it runs on the manager thread, which
+	 * the caller starts once this returns. */
+	int rc = upager__manager_init(up);
+	if (rc)
+		return rc;
 	up->workers = calloc(up->nworkers, sizeof(*up->workers));
-	if (!up->workers)
+	if (!up->workers) {
+		upager__manager_fini(up);
 		return -ENOMEM;
+	}
 	for (unsigned i = 0; i < up->nworkers; i++)
 		up->workers[i].efd = -1;
-	int rc = 0;
 	for (unsigned i = 0; i < up->nworkers && rc == 0; i++)
 		rc = worker_init(up, &up->workers[i]);
 	for (unsigned i = 0; i < up->nworkers && rc == 0; i++) {
@@ -665,4 +789,5 @@ void upager__workers_stop(upager_t *up)
 	}
 	free(up->workers);
 	up->workers = NULL;
+	upager__manager_fini(up);
 }

@@ -276,7 +276,7 @@ static void settle(struct upager__wb *wb, struct upager__region *r,
 		unit_update(r->state, it->u, UNIT_BUSY, UNIT_EMPTY,
 			    evict && !removed ? UNIT_GHOST : 0,
 			    UNIT_DIRTY | UNIT_HOT | UNIT_REMOVED);
-		atomic_fetch_sub(&r->resident, 1);
+		resident_add(r, -1);
 		if (was_dirty)
 			atomic_fetch_sub(&r->dirty, 1);
 		if (evict)
@@ -355,26 +355,16 @@ static size_t pick(struct upager__region *r, size_t *units, size_t max)
 	return n;
 }
 
-static size_t budget_of(const upager_t *up, const struct upager__region *r)
+/* Whether r, or the runtime as a whole, holds at least eighths/8 of its
+ * budget. */
+static bool at_level(upager_t *up, const struct upager__region *r,
+		     unsigned eighths)
 {
 	size_t b = r->budget_units;
-	if (up->budget_units_4k) {
-		/* The runtime budget, in this region's units. */
-		size_t g = (size_t)(up->budget_units_4k >> (r->page_shift - 12));
-		if (!b || g < b)
-			b = g ? g : 1;
-	}
-	return b;
-}
-
-static size_t total_resident_4k(upager_t *up)
-{
-	size_t t = 0;
-	for (size_t i = 0; i < up->home.nregions; i++) {
-		struct upager__region *r = up->home.table[i];
-		t += atomic_load(&r->resident) << (r->page_shift - 12);
-	}
-	return t;
+	if (b && atomic_load(&r->resident) * 8 >= b * eighths)
+		return true;
+	uint64_t g = up->budget_units_4k;
+	return g && (uint64_t)atomic_load(&up->resident_4k) * 8 >= g * eighths;
 }
 
 /* Evicts from r until it is at its low watermark (or n victims). */
@@ -405,8 +395,9 @@ static size_t over_budget(upager_t *up, struct upager__region **out,
 	struct upager__space *sp = &up->home;
 	size_t n = 0;
 	pthread_rwlock_rdlock(&sp->table_lock);
-	size_t global = up->budget_units_4k;
-	bool global_over = global && total_resident_4k(up) > global / 8 * 7;
+	uint64_t global = up->budget_units_4k;
+	bool global_over = global &&
+		(uint64_t)atomic_load(&up->resident_4k) * 8 > global * 7;
 	for (size_t i = 0; i < sp->nregions && n < max; i++) {
 		struct upager__region *r = sp->table[i];
 		size_t res = atomic_load(&r->resident);
@@ -512,11 +503,9 @@ void upager__wb_kick(upager_t *up)
 void upager__wb_wait_room(upager_t *up, struct upager__region *r)
 {
 	struct upager__wb *wb = up->wb;
-	size_t b = budget_of(up, r);
-	size_t res = atomic_load(&r->resident);
-	if (b && res + 1 > b - b / 8)
+	if (at_level(up, r, 7))
 		upager__wb_kick(up);
-	if (!b || res < b || !r->sp->local)
+	if (!at_level(up, r, 8) || !r->sp->local)
 		return;
 	/* At the budget: wait for an eviction batch, but never for long
 	 * (the write-back thread may itself be waiting for the manager,
@@ -529,7 +518,7 @@ void upager__wb_wait_room(upager_t *up, struct upager__region *r)
 		ts.tv_nsec -= 1000000000L;
 	}
 	pthread_mutex_lock(&wb->lock);
-	while (atomic_load(&r->resident) >= b && !atomic_load(&up->stopping) &&
+	while (at_level(up, r, 8) && !atomic_load(&up->stopping) &&
 	       !atomic_load(&r->dead)) {
 		if (pthread_cond_timedwait(&wb->done_cv, &wb->lock, &ts))
 			break;
