@@ -482,7 +482,12 @@ static int fc_start(struct conn *c, const struct upager__fc_region *r,
 	c->kind = K_FC;
 	pthread_mutex_unlock(&D.lock);
 	for (unsigned i = 0; i < n; i++) {
-		struct upager_map_opts o = { .page_size = r[i].page_size };
+		/* Pages the balloon took read as zeros afterwards, as
+		 * Firecracker expects of its handlers. */
+		struct upager_map_opts o = {
+			.page_size = r[i].page_size,
+			.flags = UPAGER_MAP_ZERO_REMOVED,
+		};
 		rc = upager_space_add(sp, r[i].base, r[i].size, D.fc_store,
 				      r[i].offset, &o);
 		if (rc)

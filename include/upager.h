@@ -310,6 +310,12 @@ struct upager_map_opts {
 				     writable (a file store opened with
 				     UPAGER_STORE_WRITABLE, a custom store
 				     with ops->write, an lz4 store). */
+#define UPAGER_MAP_ZERO_REMOVED 0x2u /* pages the application drops
+				     (madvise MADV_DONTNEED/MADV_REMOVE, a
+				     balloon) read as zeros afterwards, as
+				     anonymous memory does, instead of being
+				     fetched from the store again (what
+				     Firecracker expects of its handlers) */
 
 /*! upager_map() :
  * Reserves a private range of @length bytes, readable and writable, whose

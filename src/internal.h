@@ -61,6 +61,8 @@ enum {
 			      eviction clock passes over it once */
 #define UNIT_GHOST 0x20u   /* evicted and not faulted since */
 #define UNIT_REMOVED 0x40u /* zapped by the application while BUSY */
+#define UNIT_ZEROED 0x80u  /* dropped by the application in a region with
+			      UPAGER_MAP_ZERO_REMOVED: reads as zeros */
 
 static inline uint8_t unit_byte(const uint8_t *st, size_t u)
 {
@@ -154,6 +156,7 @@ struct upager__region {
 
 	/* Write-back and budget. */
 	bool writeback;       /* UPAGER_MAP_WRITEBACK */
+	bool zero_removed;    /* UPAGER_MAP_ZERO_REMOVED */
 	bool wp;              /* registered for write-protect faults */
 	size_t budget_units;  /* max resident units, 0: none */
 	atomic_size_t resident; /* units installed */

@@ -324,7 +324,8 @@ static void forget_unit(struct upager__region *r, size_t u)
 				return;
 			continue;
 		}
-		if (unit_update(r->state, u, s, UNIT_EMPTY, 0, UNIT_DIRTY)) {
+		uint8_t set = r->zero_removed ? UNIT_ZEROED : 0;
+		if (unit_update(r->state, u, s, UNIT_EMPTY, set, UNIT_DIRTY)) {
 			if (s == UNIT_PRESENT)
 				unit_forgotten(r, b);
 			return;

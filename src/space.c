@@ -45,7 +45,7 @@ int upager__region_new(struct upager__space *sp, upager_store_t *store,
 		return -EINVAL;
 	if (opts)
 		o = *opts;
-	if (o.flags & ~UPAGER_MAP_WRITEBACK)
+	if (o.flags & ~(UPAGER_MAP_WRITEBACK | UPAGER_MAP_ZERO_REMOVED))
 		return -EINVAL;
 	bool writeback = o.flags & UPAGER_MAP_WRITEBACK;
 	if (o.page_size == 0)
@@ -91,6 +91,7 @@ int upager__region_new(struct upager__space *sp, upager_store_t *store,
 	r->ra_units = (o.readahead + o.page_size - 1) >> r->page_shift;
 	r->last_fault = SIZE_MAX - 1;
 	r->writeback = writeback;
+	r->zero_removed = o.flags & UPAGER_MAP_ZERO_REMOVED;
 	r->wp = wp;
 	if (o.max_resident) {
 		uint64_t b = o.max_resident >> r->page_shift;

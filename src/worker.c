@@ -355,6 +355,10 @@ static bool start(struct upager__worker *w, const struct upager__req *j)
 		return true;
 	}
 	size_t want = run_want(r, u, n);
+	/* Dropped by the application in a ZERO_REMOVED region: zeros, no
+	 * read (demand jobs are single units). */
+	if (n == 1 && (unit_byte(r->state, u) & UNIT_ZEROED))
+		want = 0;
 	if (want == 0) {
 		finish(w, j, NULL, 0);
 		return true;
@@ -511,10 +515,20 @@ static bool fill(struct upager__worker *w)
 			/* A fault may have promoted a unit meanwhile, or a
 			 * REMOVE dropped it: then it is not ours, and the
 			 * run stops before it. */
-			while (j.count < maxn && !atomic_load(&r->dead) &&
-			       unit_cas(r->state, j.unit + j.count,
-					UNIT_QUEUED, UNIT_FETCHING))
+			while (j.count < maxn && !atomic_load(&r->dead)) {
+				size_t v = j.unit + j.count;
+				/* A unit that reads as zeros is a run of
+				 * its own (no read). */
+				bool zeroed = unit_byte(r->state, v) & UNIT_ZEROED;
+				if (zeroed && j.count)
+					break;
+				if (!unit_cas(r->state, v, UNIT_QUEUED,
+					      UNIT_FETCHING))
+					break;
 				j.count++;
+				if (zeroed)
+					break;
+			}
 			size_t used = j.count ? j.count : 1;
 			pf->first += used;
 			pf->count -= (uint32_t)used;

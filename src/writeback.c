@@ -273,8 +273,10 @@ static void settle(struct upager__wb *wb, struct upager__region *r,
 		if (was_dirty && !dirty)
 			atomic_fetch_sub(&r->dirty, 1);
 	} else {
-		unit_update(r->state, it->u, UNIT_BUSY, UNIT_EMPTY,
-			    evict && !removed ? UNIT_GHOST : 0,
+		uint8_t set = evict && !removed ? UNIT_GHOST : 0;
+		if (removed && r->zero_removed)
+			set |= UNIT_ZEROED;
+		unit_update(r->state, it->u, UNIT_BUSY, UNIT_EMPTY, set,
 			    UNIT_DIRTY | UNIT_HOT | UNIT_REMOVED);
 		resident_add(r, -1);
 		if (was_dirty)
@@ -322,6 +324,9 @@ static int process(struct upager__wb *wb, struct upager__region *r,
 					first_err = it->rc;
 			} else {
 				CNT_INC(&r->cnt, writebacks, 1);
+				/* The store has its bytes now. */
+				unit_update(r->state, it->u, UNIT_BUSY,
+					    UNIT_BUSY, 0, UNIT_ZEROED);
 			}
 		}
 		for (size_t i = 0; i < k; i++)

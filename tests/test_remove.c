@@ -358,7 +358,65 @@ static void test_remove_while_faulting_does_not_freeze_64k_units(void **state)
 	remove_storm(64 * TU_KIB, 4, 3000);
 }
 
+/* UPAGER_MAP_ZERO_REMOVED: what the application drops reads as zeros
+ * (anonymous-memory semantics, what a balloon expects); the rest keeps
+ * the store's bytes; a later prefetch of the range leaves the dropped
+ * units zero. */
+static void zero_removed(size_t page)
+{
+	if (!data_path) {
+		data_path = tu_make_file("remove.dat", FILE_SIZE);
+		data_fd = tu_open(data_path);
+	}
+	upager_t *up = tu_runtime(NULL);
+	upager_store_t *s = tu_store_file(data_path, 0);
+	struct upager_map_opts o = { .page_size = page,
+				     .flags = UPAGER_MAP_ZERO_REMOVED };
+	void *addr = NULL;
+	TU_OK(upager_map(up, s, 0, TU_MIB, &o, &addr));
+	upager_store_release(s);
+	uint8_t *base = addr;
+	struct tu_ref ref = { .fd = data_fd, .offset = 0, .length = TU_MIB };
+	assert_true(tu_check(&ref, base, 0, TU_MIB));
+
+	size_t a = 3 * page, b = 7 * page;
+	assert_int_equal(madvise(base + a, page, MADV_DONTNEED), 0);
+	assert_int_equal(madvise(base + b, 2 * page, MADV_DONTNEED), 0);
+	struct upager_stats st0 = tu_stats(up, base);
+	assert_true(all_bytes(base + a, page, 0));
+	assert_true(all_bytes(base + b, 2 * page, 0));
+	struct upager_stats st1 = tu_stats(up, base);
+	assert_int_equal(st1.bytes_fetched, st0.bytes_fetched);
+	assert_int_equal(st1.zero_pages, st0.zero_pages + 3);
+	/* Untouched units keep the store's bytes. */
+	assert_true(tu_check(&ref, base, 0, a));
+	assert_true(tu_check(&ref, base, a + page, b - a - page));
+	assert_true(tu_check(&ref, base, b + 2 * page, TU_MIB - b - 2 * page));
+
+	/* Dropped again and prefetched: still zeros, others from the store. */
+	TU_OK(upager_advise(up, base, TU_MIB, UPAGER_ADV_DONTNEED));
+	TU_OK(upager_advise(up, base, TU_MIB, UPAGER_ADV_WILLNEED));
+	assert_true(all_bytes(base + a, page, 0));
+	assert_true(all_bytes(base, TU_MIB, 0));
+	TU_OK(upager_unmap(up, base));
+	upager_destroy(up);
+}
+
+static void test_zero_removed_4k(void **state)
+{
+	(void)state;
+	zero_removed(4 * TU_KIB);
+}
+
+static void test_zero_removed_64k(void **state)
+{
+	(void)state;
+	zero_removed(64 * TU_KIB);
+}
+
 static const struct CMUnitTest tests[] = {
+	cmocka_unit_test(test_zero_removed_4k),
+	cmocka_unit_test(test_zero_removed_64k),
 	cmocka_unit_test(test_madv_dontneed_refetches_4k),
 	cmocka_unit_test(test_madv_dontneed_refetches_64k),
 	cmocka_unit_test(test_madv_dontneed_refetches_2m),
