@@ -33,6 +33,7 @@
 #define ARENA_BYTES (4u << 20) /* read buffers of one worker */
 #define ARENA_PAGES (ARENA_BYTES / 4096)
 #define RUN_BYTES (1u << 20)   /* largest prefetch read */
+#define MANAGER_INFLIGHT 2u    /* demand reads the manager does itself */
 #define ALIGN 4096u
 #define EFD_TAG 0ull
 #define POLL_TAG UINT64_MAX /* the manager's poll on the epoll descriptor */
@@ -599,6 +600,11 @@ bool upager__worker_start_local(struct upager__worker *w,
 	/* Nor for a region under a budget: an install there may have to wait
 	 * for the write-back thread to make room. */
 	if (r->budget_units || w->up->budget_units_4k)
+		return false;
+	/* A few reads in flight keep a lone faulting thread's latency low;
+	 * beyond that the workers take the rest, so that many faulting
+	 * threads are served by every CPU, not by the manager alone. */
+	if (w->inflight >= MANAGER_INFLIGHT)
 		return false;
 	if (!has_slot(w) || !can_start(w, r, j->unit, job_units(j)))
 		return false;
