@@ -409,7 +409,7 @@ static size_t over_budget(upager_t *up, struct upager__region **out,
 		size_t b = r->budget_units;
 		size_t low = 0;
 		bool over = false;
-		if (b && res > b - b / 8) {
+		if (b && res * 8 > b * 7) { /* as at_level(): small b too */
 			over = true;
 			low = b - b / 4;
 		}

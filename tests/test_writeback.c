@@ -1,0 +1,1064 @@
+/*
+ * test_writeback.c - budgets, dirty tracking and write-back
+ * (src/writeback.c, the write-protect faults in src/manager.c).
+ *
+ * What is checked:
+ *  - Random reads and writes from four threads over a WRITEBACK region
+ *    four times its budget, for 4 KiB, 64 KiB and 2 MiB units, over a
+ *    writable file, an lz4 store alone and an lz4 store stacked over a
+ *    writable file. Each thread owns one partition of the region and keeps
+ *    its own shadow copy, so every read is checked against the shadow as it
+ *    happens and the whole region (and the store, after a flush) is
+ *    compared byte for byte at the end. The budget must have forced both
+ *    evictions and write-backs.
+ *  - The budget is respected while the threads run: a monitor thread polls
+ *    the region's resident_bytes every millisecond; the most it saw must
+ *    stay within the budget plus one eviction batch (64 units). Also for a
+ *    read-only region with a budget, and for the runtime-wide budget over
+ *    two regions (one batch of slack per region).
+ *  - upager_flush is durable: once it returns 0 a forked child reading the
+ *    file with pread finds exactly the bytes that were in memory; a flush of
+ *    part of a region writes that part only; a flush right after a write
+ *    fault stores that write.
+ *  - A store write error is reported (flush and unmap return -EIO), counted,
+ *    and loses nothing: the units stay dirty and readable, eviction keeps
+ *    them, and a later flush stores them once writes succeed.
+ *  - UPAGER_ADV_DONTNEED writes back before dropping; UPAGER_ADV_DISCARD
+ *    drops the writes; upager_unmap and upager_destroy write back.
+ *  - Bad input gets -EINVAL before anything changes.
+ *
+ * Data written is text-like (words from a small list) so that the lz4
+ * store really compresses it.
+ */
+#define _GNU_SOURCE
+#include "testutil.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define NTHREADS 4u
+#define BATCH_UNITS 64u /* eviction batch of src/writeback.c */
+
+/* ---- data ---- */
+
+static const char *const words[] = {
+	"budget", "dirty",  "unit",   "evict", "clock",  "store", "flush",
+	"page",   "write",  "back",   "the",   "of",     "and",   "to",
+	"region", "memory", "thread", "lz4",   "fault",  "file",  "a",
+};
+#define NWORDS (sizeof(words) / sizeof(words[0]))
+
+static void fill_text(uint8_t *p, size_t len, uint64_t *rng)
+{
+	size_t i = 0;
+	while (i < len) {
+		const char *w = words[tu_rand(rng) % NWORDS];
+		for (; *w && i < len; w++)
+			p[i++] = (uint8_t)*w;
+		if (i < len)
+			p[i++] = tu_rand(rng) % 9 ? ' ' : '\n';
+	}
+}
+
+/* Offset of the first byte where a and b differ, or SIZE_MAX. */
+static size_t first_diff(const uint8_t *a, const uint8_t *b, size_t len)
+{
+	if (memcmp(a, b, len) == 0)
+		return SIZE_MAX;
+	for (size_t i = 0; i < len; i++)
+		if (a[i] != b[i])
+			return i;
+	return SIZE_MAX;
+}
+
+static void assert_same(const void *got, const void *want, size_t len,
+			const char *what)
+{
+	size_t d = first_diff(got, want, len);
+	if (d != SIZE_MAX)
+		fail_msg("%s: first difference at byte %zu (unit-4K %zu): "
+			 "got %#x want %#x", what, d, d / 4096,
+			 ((const uint8_t *)got)[d], ((const uint8_t *)want)[d]);
+}
+
+/* Reads [off, off + len) of the file at @path with pread. */
+static void pread_all(const char *path, void *buf, size_t len, uint64_t off)
+{
+	int fd = tu_open(path);
+	size_t got = 0;
+	while (got < len) {
+		ssize_t r = pread(fd, (char *)buf + got, len - got,
+				  (off_t)(off + got));
+		assert_true(r > 0);
+		got += (size_t)r;
+	}
+	close(fd);
+}
+
+static void *xmalloc(size_t n)
+{
+	void *p = malloc(n);
+	assert_non_null(p);
+	return p;
+}
+
+/* Maps with the given options; skips when the kernel lacks write-protect
+ * support (upager_map says -EOPNOTSUPP). */
+static void *map_or_skip(upager_t *up, upager_store_t *s, size_t len,
+			 size_t page, unsigned flags, uint64_t budget)
+{
+	struct upager_map_opts o = { .page_size = page, .flags = flags,
+				     .max_resident = budget };
+	void *addr = NULL;
+	int rc = upager_map(up, s, 0, len, &o, &addr);
+	if (rc == -EOPNOTSUPP)
+		tu_skip("userfaultfd write-protection unavailable: %s",
+			upager_strerror(rc));
+	if (rc)
+		fail_msg("upager_map(len %zu, page %zu, flags %#x, budget "
+			 "%llu): %d (%s)", len, page, flags,
+			 (unsigned long long)budget, rc, upager_strerror(rc));
+	return addr;
+}
+
+/* ---- the budget monitor ---- */
+
+struct monitor {
+	upager_t *up;
+	void *addr[2]; /* regions whose resident bytes are summed */
+	unsigned n;
+	atomic_bool stop;
+	uint64_t max;    /* most resident bytes seen */
+	uint64_t polls;
+	int err;
+	pthread_t thr;
+};
+
+static void *monitor_main(void *arg)
+{
+	struct monitor *m = arg;
+	while (!atomic_load(&m->stop)) {
+		uint64_t sum = 0;
+		for (unsigned i = 0; i < m->n; i++) {
+			struct upager_stats st;
+			int rc = upager_stats(m->up, m->addr[i], &st);
+			if (rc) {
+				m->err = rc;
+				return NULL;
+			}
+			sum += st.resident_bytes;
+		}
+		if (sum > m->max)
+			m->max = sum;
+		m->polls++;
+		tu_sleep_ms(1);
+	}
+	return NULL;
+}
+
+static void monitor_start(struct monitor *m, upager_t *up, void *a, void *b)
+{
+	memset(m, 0, sizeof(*m));
+	m->up = up;
+	m->addr[0] = a;
+	m->addr[1] = b;
+	m->n = b ? 2 : 1;
+	atomic_init(&m->stop, false);
+	assert_int_equal(pthread_create(&m->thr, NULL, monitor_main, m), 0);
+}
+
+/* Stops the monitor and checks the most it saw against @limit. */
+static void monitor_check(struct monitor *m, uint64_t limit, const char *what)
+{
+	atomic_store(&m->stop, true);
+	assert_int_equal(pthread_join(m->thr, NULL), 0);
+	TU_OK(m->err);
+	printf("  %s: max resident %llu KiB over %llu polls (limit %llu "
+	       "KiB)\n", what, (unsigned long long)(m->max >> 10),
+	       (unsigned long long)m->polls,
+	       (unsigned long long)(limit >> 10));
+	assert_true(m->polls > 0);
+	if (m->max > limit)
+		fail_msg("%s: resident bytes reached %llu, over the limit "
+			 "%llu (budget + one batch)", what,
+			 (unsigned long long)m->max,
+			 (unsigned long long)limit);
+}
+
+/* ---- random reads and writes against per-thread shadows ---- */
+
+struct rw_thread {
+	uint8_t *base;   /* region */
+	uint8_t *shadow; /* whole-region shadow; this thread owns [lo, hi) */
+	size_t lo, hi;
+	size_t page;
+	unsigned ops;
+	unsigned write_pct; /* share of ops that write */
+	uint64_t seed;
+	/* Result: the first stale read seen, if any. */
+	bool bad;
+	size_t bad_off;
+	uint8_t got, want;
+};
+
+static void rw_check(struct rw_thread *t, size_t off, size_t len)
+{
+	if (t->bad)
+		return;
+	size_t d = first_diff(t->base + off, t->shadow + off, len);
+	if (d != SIZE_MAX) {
+		t->bad = true;
+		t->bad_off = off + d;
+		t->got = t->base[off + d];
+		t->want = t->shadow[off + d];
+	}
+}
+
+static void rw_write(struct rw_thread *t, size_t off, size_t len,
+		     uint64_t *rng)
+{
+	uint8_t buf[512];
+	fill_text(buf, len, rng);
+	memcpy(t->shadow + off, buf, len);
+	memcpy(t->base + off, buf, len);
+}
+
+static void *rw_main(void *arg)
+{
+	struct rw_thread *t = arg;
+	uint64_t rng = t->seed;
+	size_t span = t->hi - t->lo;
+	/* A sweep that dirties every unit of the partition: with the region
+	 * four times its budget this forces dirty evictions. */
+	for (size_t u = t->lo; u < t->hi; u += t->page) {
+		size_t room = t->hi - u < t->page ? t->hi - u : t->page;
+		size_t len = room < 96 ? room : 96;
+		size_t off = u + (size_t)(tu_rand(&rng) % (room - len + 1));
+		rw_write(t, off, len, &rng);
+	}
+	for (unsigned i = 0; i < t->ops && !t->bad; i++) {
+		size_t off = t->lo + (size_t)(tu_rand(&rng) % span);
+		size_t len = 1 + (size_t)(tu_rand(&rng) % 512);
+		if (len > t->hi - off)
+			len = t->hi - off;
+		if (tu_rand(&rng) % 100 < t->write_pct)
+			rw_write(t, off, len, &rng);
+		else
+			rw_check(t, off, len);
+	}
+	/* Read the whole partition back while the others still run. */
+	rw_check(t, t->lo, span);
+	return NULL;
+}
+
+/* Runs NTHREADS rw threads over [0, len) of @base, each on its own
+ * partition, and fails on the first stale read any of them saw. */
+static void run_rw(uint8_t *base, uint8_t *shadow, size_t len, size_t page,
+		   unsigned ops, uint64_t seed)
+{
+	struct rw_thread t[NTHREADS];
+	size_t part = len / NTHREADS;
+	for (unsigned i = 0; i < NTHREADS; i++) {
+		t[i] = (struct rw_thread){
+			.base = base, .shadow = shadow,
+			.lo = i * part,
+			.hi = i + 1 == NTHREADS ? len : (i + 1) * part,
+			.page = page, .ops = ops, .write_pct = 60,
+			.seed = seed * 977 + i + 1,
+		};
+	}
+	tu_run_threads(NTHREADS, rw_main, t, sizeof(t[0]));
+	for (unsigned i = 0; i < NTHREADS; i++)
+		if (t[i].bad)
+			fail_msg("thread %u read %#x at region byte %zu, its "
+				 "shadow says %#x", i, t[i].got, t[i].bad_off,
+				 t[i].want);
+}
+
+enum store_kind { ST_FILE, ST_LZ4, ST_LZ4_FILE };
+
+static const char *const kind_name[] = { "file", "lz4", "lz4+file" };
+
+struct rw_case {
+	enum store_kind kind;
+	size_t page;
+	size_t len;   /* region bytes: four budgets */
+	unsigned ops; /* random ops per thread after the sweep */
+};
+
+static void rw_case_run(const struct rw_case *c)
+{
+	size_t budget = c->len / 4;
+	char name[64];
+	snprintf(name, sizeof(name), "rw-%s-%zu.dat", kind_name[c->kind],
+		 c->page);
+	uint8_t *shadow = xmalloc(c->len);
+	const char *path = NULL;
+	upager_store_t *file = NULL, *lz = NULL, *s;
+	if (c->kind == ST_LZ4) {
+		memset(shadow, 0, c->len); /* never written blocks: zeros */
+	} else {
+		path = tu_make_file(name, c->len);
+		tu_fill(shadow, 0, c->len);
+		file = tu_store_file(path, UPAGER_STORE_WRITABLE);
+	}
+	if (c->kind != ST_FILE) {
+		struct upager_lz4_opts lo = { .size = c->len };
+		TU_OK(upager_store_lz4(&lo, file, &lz));
+	}
+	s = lz ? lz : file;
+
+	upager_t *up = tu_runtime(NULL);
+	uint8_t *a = map_or_skip(up, s, c->len, c->page, UPAGER_MAP_WRITEBACK,
+				 budget);
+	struct monitor m;
+	monitor_start(&m, up, a, NULL);
+	run_rw(a, shadow, c->len, c->page, c->ops, c->page ^ c->kind);
+	monitor_check(&m, budget + BATCH_UNITS * c->page, "rw");
+
+	struct upager_stats st = tu_stats(up, a);
+	tu_print_stats(kind_name[c->kind], &st);
+	printf("  evictions %llu writebacks %llu write_errors %llu dirty "
+	       "%llu resident %llu KiB\n",
+	       (unsigned long long)st.evictions,
+	       (unsigned long long)st.writebacks,
+	       (unsigned long long)st.write_errors,
+	       (unsigned long long)st.dirty_units,
+	       (unsigned long long)(st.resident_bytes >> 10));
+	assert_true(st.evictions > 0);
+	assert_true(st.writebacks > 0);
+	assert_int_equal(st.write_errors, 0);
+	assert_true(st.resident_bytes <= budget + BATCH_UNITS * c->page);
+
+	/* Every byte, in memory (refaulting what was evicted)... */
+	assert_same(a, shadow, c->len, "region vs shadow");
+	/* ... and in the store once flushed. */
+	TU_OK(upager_flush(up, a, c->len));
+	st = tu_stats(up, a);
+	assert_int_equal(st.dirty_units, 0);
+	if (path) {
+		uint8_t *f = xmalloc(c->len);
+		pread_all(path, f, c->len, 0);
+		assert_same(f, shadow, c->len, "file vs shadow");
+		free(f);
+	}
+	if (lz) {
+		struct upager_lz4_stats ls;
+		TU_OK(upager_store_lz4_stats(lz, &ls));
+		printf("  lz4: %llu blocks, %llu bytes stored, ratio %.2f\n",
+		       (unsigned long long)ls.blocks,
+		       (unsigned long long)ls.bytes_stored, ls.ratio);
+		assert_true(ls.writes > 0);
+		assert_true(ls.blocks > 0);
+		assert_int_equal(ls.corrupt, 0);
+	}
+	TU_OK(upager_unmap(up, a));
+	upager_destroy(up);
+	upager_store_release(lz);
+	upager_store_release(file);
+	free(shadow);
+}
+
+#define RW_TEST(fn, k, pg, ln, n)                                  \
+	static void fn(void **state)                               \
+	{                                                          \
+		(void)state;                                       \
+		struct rw_case c = { .kind = k, .page = pg,        \
+				     .len = ln, .ops = n };        \
+		rw_case_run(&c);                                   \
+	}
+
+RW_TEST(test_rw_file_4k, ST_FILE, 4 * TU_KIB, 8 * TU_MIB, 3000)
+RW_TEST(test_rw_file_64k, ST_FILE, 64 * TU_KIB, 16 * TU_MIB, 800)
+RW_TEST(test_rw_file_2m, ST_FILE, 2 * TU_MIB, 32 * TU_MIB, 60)
+RW_TEST(test_rw_lz4_4k, ST_LZ4, 4 * TU_KIB, 8 * TU_MIB, 3000)
+RW_TEST(test_rw_lz4_64k, ST_LZ4, 64 * TU_KIB, 16 * TU_MIB, 800)
+RW_TEST(test_rw_lz4_2m, ST_LZ4, 2 * TU_MIB, 32 * TU_MIB, 60)
+RW_TEST(test_rw_lz4file_4k, ST_LZ4_FILE, 4 * TU_KIB, 8 * TU_MIB, 3000)
+RW_TEST(test_rw_lz4file_64k, ST_LZ4_FILE, 64 * TU_KIB, 16 * TU_MIB, 800)
+RW_TEST(test_rw_lz4file_2m, ST_LZ4_FILE, 2 * TU_MIB, 32 * TU_MIB, 60)
+
+/* ---- budget of a read-only region ---- */
+
+struct ro_thread {
+	const uint8_t *base;
+	size_t len, page;
+	unsigned ops;
+	uint64_t seed;
+	bool bad;
+	size_t bad_off;
+};
+
+static void *ro_main(void *arg)
+{
+	struct ro_thread *t = arg;
+	uint64_t rng = t->seed;
+	uint8_t want[256];
+	for (unsigned i = 0; i < t->ops && !t->bad; i++) {
+		size_t off = (size_t)(tu_rand(&rng) % (t->len - sizeof(want)));
+		tu_fill(want, off, sizeof(want));
+		if (memcmp(t->base + off, want, sizeof(want))) {
+			t->bad = true;
+			t->bad_off = off;
+		}
+	}
+	return NULL;
+}
+
+static void ro_budget_run(size_t page, size_t len, unsigned ops)
+{
+	size_t budget = len / 4;
+	char name[64];
+	snprintf(name, sizeof(name), "ro-%zu.dat", page);
+	const char *path = tu_make_file(name, len);
+	upager_store_t *s = tu_store_file(path, 0);
+	upager_t *up = tu_runtime(NULL);
+	uint8_t *a = map_or_skip(up, s, len, page, 0, budget);
+	upager_store_release(s);
+
+	struct monitor m;
+	monitor_start(&m, up, a, NULL);
+	struct ro_thread t[NTHREADS];
+	for (unsigned i = 0; i < NTHREADS; i++)
+		t[i] = (struct ro_thread){ .base = a, .len = len, .page = page,
+					   .ops = ops, .seed = 31 + i };
+	tu_run_threads(NTHREADS, ro_main, t, sizeof(t[0]));
+	monitor_check(&m, budget + BATCH_UNITS * page, "read-only");
+	for (unsigned i = 0; i < NTHREADS; i++)
+		if (t[i].bad)
+			fail_msg("thread %u read wrong bytes at %zu", i,
+				 t[i].bad_off);
+
+	struct upager_stats st = tu_stats(up, a);
+	tu_print_stats("read-only", &st);
+	assert_true(st.evictions > 0);
+	assert_int_equal(st.writebacks, 0);
+	assert_int_equal(st.dirty_units, 0);
+	/* Flushing a region without WRITEBACK has nothing to do. */
+	TU_OK(upager_flush(up, a, len));
+	TU_OK(upager_unmap(up, a));
+	upager_destroy(up);
+}
+
+static void test_ro_budget_4k(void **state)
+{
+	(void)state;
+	ro_budget_run(4 * TU_KIB, 8 * TU_MIB, 4000);
+}
+
+static void test_ro_budget_64k(void **state)
+{
+	(void)state;
+	ro_budget_run(64 * TU_KIB, 16 * TU_MIB, 1500);
+}
+
+/* ---- the runtime-wide budget ---- */
+
+static void test_runtime_budget_two_regions(void **state)
+{
+	(void)state;
+	size_t page = 4 * TU_KIB, len = 8 * TU_MIB;
+	uint64_t budget = 4 * TU_MIB; /* the two regions hold 4x that */
+	const char *p1 = tu_make_file("global-1.dat", len);
+	const char *p2 = tu_make_file("global-2.dat", len);
+	upager_store_t *s1 = tu_store_file(p1, UPAGER_STORE_WRITABLE);
+	upager_store_t *s2 = tu_store_file(p2, UPAGER_STORE_WRITABLE);
+	struct upager_config cfg = { .max_resident = budget };
+	upager_t *up = tu_runtime(&cfg);
+	uint8_t *a = map_or_skip(up, s1, len, page, UPAGER_MAP_WRITEBACK, 0);
+	uint8_t *b = map_or_skip(up, s2, len, page, UPAGER_MAP_WRITEBACK, 0);
+	upager_store_release(s1);
+	upager_store_release(s2);
+	uint8_t *sa = xmalloc(len), *sb = xmalloc(len);
+	tu_fill(sa, 0, len);
+	tu_fill(sb, 0, len);
+
+	struct monitor m;
+	monitor_start(&m, up, a, b);
+	/* Two threads per region, each on its own half. */
+	struct rw_thread t[4];
+	for (unsigned i = 0; i < 4; i++) {
+		uint8_t *base = i < 2 ? a : b, *sh = i < 2 ? sa : sb;
+		size_t half = len / 2, lo = (i & 1) * half;
+		t[i] = (struct rw_thread){
+			.base = base, .shadow = sh, .lo = lo, .hi = lo + half,
+			.page = page, .ops = 3000, .write_pct = 50,
+			.seed = 101 + i,
+		};
+	}
+	tu_run_threads(4, rw_main, t, sizeof(t[0]));
+	monitor_check(&m, budget + 2 * BATCH_UNITS * page, "runtime budget");
+	for (unsigned i = 0; i < 4; i++)
+		if (t[i].bad)
+			fail_msg("thread %u read %#x at byte %zu, shadow %#x",
+				 i, t[i].got, t[i].bad_off, t[i].want);
+
+	struct upager_stats st = tu_stats(up, NULL);
+	tu_print_stats("runtime", &st);
+	assert_true(st.evictions > 0);
+	assert_true(st.writebacks > 0);
+	assert_same(a, sa, len, "region 1 vs shadow");
+	assert_same(b, sb, len, "region 2 vs shadow");
+	TU_OK(upager_unmap(up, a));
+	TU_OK(upager_unmap(up, b));
+	upager_destroy(up);
+	/* unmap wrote everything back. */
+	uint8_t *f = xmalloc(len);
+	pread_all(p1, f, len, 0);
+	assert_same(f, sa, len, "file 1");
+	pread_all(p2, f, len, 0);
+	assert_same(f, sb, len, "file 2");
+	free(f);
+	free(sa);
+	free(sb);
+}
+
+/* ---- flush durability ---- */
+
+/* In a forked child: reads [off, off + len) of @path with pread and
+ * compares it with want (a private malloc'ed copy, inherited by fork; the
+ * region itself is not mapped in the child). Fails unless the child exits
+ * 0. */
+static void child_compare(const char *path, const uint8_t *want, size_t len,
+			  uint64_t off)
+{
+	fflush(stdout);
+	pid_t pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		tu_child_default_signals();
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		if (fd < 0)
+			_exit(2);
+		uint8_t buf[65536];
+		size_t done = 0;
+		while (done < len) {
+			size_t n = len - done < sizeof(buf) ? len - done :
+							      sizeof(buf);
+			ssize_t r = pread(fd, buf, n, (off_t)(off + done));
+			if (r <= 0)
+				_exit(3);
+			if (memcmp(buf, want + done, (size_t)r))
+				_exit(4);
+			done += (size_t)r;
+		}
+		_exit(0);
+	}
+	int status = 0;
+	char desc[64];
+	assert_true(tu_wait_child(pid, 30000, &status));
+	if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+		fail_msg("reader child: %s (2 open, 3 short read, 4 bytes "
+			 "differ)", tu_status_str(status, desc, sizeof(desc)));
+}
+
+static void test_flush_durable_under_budget(void **state)
+{
+	(void)state;
+	size_t page = 64 * TU_KIB, len = 8 * TU_MIB;
+	const char *path = tu_make_file("flush-budget.dat", len);
+	upager_store_t *s = tu_store_file(path, UPAGER_STORE_WRITABLE);
+	upager_t *up = tu_runtime(NULL);
+	uint8_t *a = map_or_skip(up, s, len, page, UPAGER_MAP_WRITEBACK,
+				 len / 4);
+	upager_store_release(s);
+
+	uint8_t *shadow = xmalloc(len);
+	tu_fill(shadow, 0, len);
+	run_rw(a, shadow, len, page, 500, 7);
+	/* Expected bytes from memory itself, in a private buffer. */
+	uint8_t *want = xmalloc(len);
+	memcpy(want, a, len);
+	assert_same(want, shadow, len, "region vs shadow");
+	TU_OK(upager_flush(up, a, len));
+	child_compare(path, want, len, 0);
+	assert_int_equal(tu_stats(up, a).dirty_units, 0);
+
+	/* Flushed units are write-protected again: new writes are seen. */
+	uint64_t rng = 99;
+	for (size_t off = 3 * page + 17; off < len; off += 5 * page + 333) {
+		fill_text(want + off, 200, &rng);
+		memcpy(a + off, want + off, 200);
+	}
+	assert_true(tu_stats(up, a).dirty_units > 0);
+	TU_OK(upager_flush(up, a, len));
+	assert_int_equal(tu_stats(up, a).dirty_units, 0);
+	child_compare(path, want, len, 0);
+	TU_OK(upager_unmap(up, a));
+	upager_destroy(up);
+	free(want);
+	free(shadow);
+}
+
+static void test_flush_durable_partial(void **state)
+{
+	(void)state;
+	size_t page = 64 * TU_KIB, units = 16, len = units * page;
+	const char *path = tu_make_file("flush-part.dat", len);
+	upager_store_t *s = tu_store_file(path, UPAGER_STORE_WRITABLE);
+	upager_t *up = tu_runtime(NULL);
+	uint8_t *a = map_or_skip(up, s, len, page, UPAGER_MAP_WRITEBACK, 0);
+	upager_store_release(s);
+	uint8_t *orig = xmalloc(len), *want = xmalloc(len);
+	tu_fill(orig, 0, len);
+	memcpy(want, orig, len);
+
+	/* Units 2 and 6 are only read; 1, 3, 5 (first half) and 9, 12 are
+	 * written, 3 after a read (a write-protect fault). */
+	assert_same(a + 2 * page, orig + 2 * page, page, "read unit 2");
+	assert_same(a + 3 * page, orig + 3 * page, page, "read unit 3");
+	assert_same(a + 6 * page, orig + 6 * page, page, "read unit 6");
+	assert_int_equal(tu_stats(up, a).dirty_units, 0);
+	static const size_t wr[] = { 1, 3, 5, 9, 12 };
+	uint64_t rng = 5;
+	for (size_t i = 0; i < sizeof(wr) / sizeof(wr[0]); i++) {
+		size_t off = wr[i] * page + 1000;
+		fill_text(want + off, 3000, &rng);
+		memcpy(a + off, want + off, 3000);
+	}
+	assert_int_equal(tu_stats(up, a).dirty_units, 5);
+
+	/* Flush the first half (given as an unaligned range inside it). */
+	TU_OK(upager_flush(up, a + 100, len / 2 - 200));
+	assert_int_equal(tu_stats(up, a).dirty_units, 2);
+	child_compare(path, want, len / 2, 0);
+	/* The second half is still the old bytes in the file. */
+	child_compare(path, orig + len / 2, len / 2, len / 2);
+	assert_same(a, want, len, "region");
+
+	/* Write a flushed unit again, then flush everything. */
+	fill_text(want + page, 64, &rng);
+	memcpy(a + page, want + page, 64);
+	assert_int_equal(tu_stats(up, a).dirty_units, 3);
+	TU_OK(upager_flush(up, a, len));
+	assert_int_equal(tu_stats(up, a).dirty_units, 0);
+	child_compare(path, want, len, 0);
+	struct upager_stats st = tu_stats(up, a);
+	assert_int_equal(st.writebacks, 6);
+	assert_int_equal(st.write_errors, 0);
+	TU_OK(upager_unmap(up, a));
+	upager_destroy(up);
+	free(orig);
+	free(want);
+}
+
+/* ---- write errors ---- */
+
+/* A custom store in memory whose writes fail with -EIO while fail is set. */
+struct mem_store {
+	uint8_t *bytes;
+	size_t size;
+	pthread_mutex_t lock;
+	atomic_bool fail;
+	atomic_uint writes_tried;
+};
+
+static int mem_read(void *ctx, void *buf, size_t len, uint64_t off)
+{
+	struct mem_store *m = ctx;
+	if (off > m->size || len > m->size - off)
+		return -EIO;
+	pthread_mutex_lock(&m->lock);
+	memcpy(buf, m->bytes + off, len);
+	pthread_mutex_unlock(&m->lock);
+	return 0;
+}
+
+static int mem_write(void *ctx, const void *buf, size_t len, uint64_t off)
+{
+	struct mem_store *m = ctx;
+	atomic_fetch_add(&m->writes_tried, 1);
+	if (atomic_load(&m->fail))
+		return -EIO;
+	if (off > m->size || len > m->size - off)
+		return -ENOSPC;
+	pthread_mutex_lock(&m->lock);
+	memcpy(m->bytes + off, buf, len);
+	pthread_mutex_unlock(&m->lock);
+	return 0;
+}
+
+static int mem_size(void *ctx, uint64_t *size)
+{
+	struct mem_store *m = ctx;
+	*size = m->size;
+	return 0;
+}
+
+static upager_store_t *mem_store_new(struct mem_store *m, size_t size,
+				     bool writable)
+{
+	m->size = size;
+	m->bytes = xmalloc(size);
+	tu_fill(m->bytes, 0, size);
+	pthread_mutex_init(&m->lock, NULL);
+	atomic_init(&m->fail, false);
+	atomic_init(&m->writes_tried, 0);
+	struct upager_store_ops ops = {
+		.read = mem_read,
+		.write = writable ? mem_write : NULL,
+		.size = mem_size,
+	};
+	upager_store_t *s = NULL;
+	TU_OK(upager_store_custom(&ops, m, &s));
+	return s;
+}
+
+static void mem_store_free(struct mem_store *m)
+{
+	pthread_mutex_destroy(&m->lock);
+	free(m->bytes);
+}
+
+/* Store bytes [off, off + len) under the store's lock. */
+static void mem_snapshot(struct mem_store *m, uint8_t *out, size_t off,
+			 size_t len)
+{
+	pthread_mutex_lock(&m->lock);
+	memcpy(out, m->bytes + off, len);
+	pthread_mutex_unlock(&m->lock);
+}
+
+static void test_write_error_flush_and_unmap(void **state)
+{
+	(void)state;
+	size_t page = 4 * TU_KIB, len = TU_MIB;
+	struct mem_store ms;
+	upager_store_t *s = mem_store_new(&ms, len, true);
+	upager_t *up = tu_runtime(NULL);
+	uint8_t *a = map_or_skip(up, s, len, page, UPAGER_MAP_WRITEBACK, 0);
+	upager_store_release(s);
+	uint8_t *orig = xmalloc(len), *want = xmalloc(len),
+		*got = xmalloc(len);
+	tu_fill(orig, 0, len);
+	memcpy(want, orig, len);
+	uint64_t rng = 11;
+	for (size_t u = 0; u < 8; u++) {
+		size_t off = u * 17 * page + 100;
+		fill_text(want + off, 1000, &rng);
+		memcpy(a + off, want + off, 1000);
+	}
+	assert_int_equal(tu_stats(up, a).dirty_units, 8);
+
+	/* Writes fail: flush says so, counts it, keeps everything dirty. */
+	atomic_store(&ms.fail, true);
+	TU_ERR(upager_flush(up, a, len), -EIO);
+	assert_true(atomic_load(&ms.writes_tried) > 0);
+	struct upager_stats st = tu_stats(up, a);
+	assert_true(st.write_errors > 0);
+	assert_int_equal(st.writebacks, 0);
+	assert_int_equal(st.dirty_units, 8);
+	assert_same(a, want, len, "region after failed flush");
+	mem_snapshot(&ms, got, 0, len);
+	assert_same(got, orig, len, "store after failed flush");
+	/* A failed flush is retried by the next one, which fails again. */
+	TU_ERR(upager_flush(up, a + 100, 10), -EIO);
+	assert_int_equal(tu_stats(up, a).dirty_units, 8);
+
+	/* Unmap fails too and leaves the region usable. */
+	TU_ERR(upager_unmap(up, a), -EIO);
+	assert_same(a, want, len, "region after failed unmap");
+	fill_text(want + 40 * page, 500, &rng);
+	memcpy(a + 40 * page, want + 40 * page, 500);
+	assert_int_equal(tu_stats(up, a).dirty_units, 9);
+
+	/* Writes work again: the next flush stores every unit. */
+	atomic_store(&ms.fail, false);
+	TU_OK(upager_flush(up, a, len));
+	st = tu_stats(up, a);
+	assert_int_equal(st.dirty_units, 0);
+	assert_int_equal(st.writebacks, 9);
+	mem_snapshot(&ms, got, 0, len);
+	assert_same(got, want, len, "store after flush");
+
+	/* Dirty again with failing writes: DISCARD forgets the writes, then
+	 * unmap has nothing to write and succeeds. */
+	uint8_t *stored = xmalloc(len);
+	memcpy(stored, want, len);
+	fill_text(a + 3 * page, 700, &rng);
+	atomic_store(&ms.fail, true);
+	TU_ERR(upager_unmap(up, a), -EIO);
+	TU_OK(upager_advise(up, a, len, UPAGER_ADV_DISCARD));
+	assert_int_equal(tu_stats(up, a).dirty_units, 0);
+	/* Discarded: the store's bytes read back. */
+	assert_same(a, stored, len, "region after discard");
+	TU_OK(upager_unmap(up, a));
+	mem_snapshot(&ms, got, 0, len);
+	assert_same(got, stored, len, "store after discard + unmap");
+	upager_destroy(up);
+	mem_store_free(&ms);
+	free(stored);
+	free(orig);
+	free(want);
+	free(got);
+}
+
+static void test_write_error_eviction_keeps_data(void **state)
+{
+	(void)state;
+	size_t page = 64 * TU_KIB, units = 16, len = units * page;
+	uint64_t budget = 4 * page;
+	struct mem_store ms;
+	upager_store_t *s = mem_store_new(&ms, len, true);
+	upager_t *up = tu_runtime(NULL);
+	uint8_t *a = map_or_skip(up, s, len, page, UPAGER_MAP_WRITEBACK,
+				 budget);
+	upager_store_release(s);
+	uint8_t *want = xmalloc(len), *got = xmalloc(len);
+	tu_fill(want, 0, len);
+
+	/* Every unit dirty while the store refuses writes: over the budget,
+	 * but nothing may be dropped. */
+	atomic_store(&ms.fail, true);
+	uint64_t rng = 23;
+	for (size_t u = 0; u < units; u++) {
+		fill_text(want + u * page + 64, 2000, &rng);
+		memcpy(a + u * page + 64, want + u * page + 64, 2000);
+	}
+	/* Give the eviction thread time to try (it re-checks every 100 ms). */
+	uint64_t t0 = tu_now_ns();
+	while (tu_stats(up, a).write_errors == 0 &&
+	       tu_now_ns() - t0 < 5000000000ull)
+		tu_sleep_ms(5);
+	struct upager_stats st = tu_stats(up, a);
+	tu_print_stats("failing store", &st);
+	assert_true(st.write_errors > 0);
+	assert_int_equal(st.evictions, 0);
+	assert_int_equal(st.dirty_units, units);
+	assert_int_equal(st.resident_bytes, len);
+	assert_same(a, want, len, "region while writes fail");
+
+	/* Writes succeed: flush stores it, and eviction can catch up. */
+	atomic_store(&ms.fail, false);
+	TU_OK(upager_flush(up, a, len));
+	mem_snapshot(&ms, got, 0, len);
+	assert_same(got, want, len, "store after flush");
+	assert_int_equal(tu_stats(up, a).dirty_units, 0);
+	t0 = tu_now_ns();
+	while (tu_stats(up, a).resident_bytes > budget &&
+	       tu_now_ns() - t0 < 5000000000ull)
+		tu_sleep_ms(5);
+	st = tu_stats(up, a);
+	assert_true(st.resident_bytes <= budget);
+	assert_true(st.evictions > 0);
+	assert_same(a, want, len, "region after eviction");
+	TU_OK(upager_unmap(up, a));
+	upager_destroy(up);
+	mem_store_free(&ms);
+	free(want);
+	free(got);
+}
+
+/* A flush right after a write that faulted the unit in must store that
+ * write: the faulting thread has seen its write done, so the unit is dirty
+ * for every later call, even if the worker that installed it has not
+ * finished its bookkeeping yet. */
+static void test_flush_durable_after_write_fault(void **state)
+{
+	(void)state;
+	size_t page = 4 * TU_KIB, units = 256, len = units * page;
+	struct mem_store ms;
+	upager_store_t *s = mem_store_new(&ms, len, true);
+	upager_t *up = tu_runtime(NULL);
+	uint8_t *a = map_or_skip(up, s, len, page, UPAGER_MAP_WRITEBACK, 0);
+	upager_store_release(s);
+	unsigned missed = 0, first = 0;
+	for (unsigned round = 0; round < 4; round++) {
+		for (size_t u = 0; u < units; u++) {
+			uint8_t v = (uint8_t)(0xa0 + round), got;
+			a[u * page + 7] = v; /* write fault, missing unit */
+			TU_OK(upager_flush(up, a + u * page, page));
+			mem_snapshot(&ms, &got, u * page + 7, 1);
+			if (got != v && missed++ == 0)
+				first = (unsigned)u;
+		}
+		/* Drop everything so the next round faults again. */
+		TU_OK(upager_advise(up, a, len, UPAGER_ADV_DONTNEED));
+	}
+	if (missed)
+		fail_msg("%u of %zu flushes returned 0 without the write just "
+			 "made (first: unit %u)", missed, 4 * units, first);
+	TU_OK(upager_unmap(up, a));
+	upager_destroy(up);
+	mem_store_free(&ms);
+}
+
+/* ---- DONTNEED, DISCARD, unmap, destroy ---- */
+
+static void test_advice_dontneed_writes_back(void **state)
+{
+	(void)state;
+	size_t page = 64 * TU_KIB, len = 16 * page;
+	const char *path = tu_make_file("dontneed.dat", len);
+	upager_store_t *s = tu_store_file(path, UPAGER_STORE_WRITABLE);
+	upager_t *up = tu_runtime(NULL);
+	uint8_t *a = map_or_skip(up, s, len, page, UPAGER_MAP_WRITEBACK, 0);
+	upager_store_release(s);
+	uint8_t *want = xmalloc(len), *got = xmalloc(len);
+	tu_fill(want, 0, len);
+	uint64_t rng = 3;
+	fill_text(want + 2 * page + 500, page + 1000, &rng);
+	memcpy(a + 2 * page + 500, want + 2 * page + 500, page + 1000);
+	assert_same(a + 8 * page, want + 8 * page, page, "read unit 8");
+	struct upager_stats st0 = tu_stats(up, a);
+	assert_int_equal(st0.dirty_units, 2);
+	assert_int_equal(st0.resident_bytes, 3 * page);
+
+	/* Units 2, 3 (dirty) and 8 (clean) dropped; 2 and 3 written first. */
+	TU_OK(upager_advise(up, a + 2 * page, 7 * page, UPAGER_ADV_DONTNEED));
+	struct upager_stats st1 = tu_stats(up, a);
+	assert_int_equal(st1.dirty_units, 0);
+	assert_int_equal(st1.writebacks - st0.writebacks, 2);
+	assert_int_equal(st1.resident_bytes, 0);
+	pread_all(path, got, len, 0);
+	assert_same(got, want, len, "file after DONTNEED");
+	/* Fetched again from the store. */
+	assert_same(a + 2 * page, want + 2 * page, 2 * page, "refetched");
+	struct upager_stats st2 = tu_stats(up, a);
+	assert_int_equal(st2.bytes_fetched - st1.bytes_fetched, 2 * page);
+
+	/* DISCARD forgets writes: the store's bytes come back. */
+	fill_text(a + 5 * page, 800, &rng);
+	assert_int_equal(tu_stats(up, a).dirty_units, 1);
+	TU_OK(upager_advise(up, a + 5 * page, page, UPAGER_ADV_DISCARD));
+	struct upager_stats st3 = tu_stats(up, a);
+	assert_int_equal(st3.dirty_units, 0);
+	assert_int_equal(st3.writebacks, st2.writebacks);
+	assert_same(a, want, len, "region after DISCARD");
+	pread_all(path, got, len, 0);
+	assert_same(got, want, len, "file after DISCARD");
+	TU_OK(upager_unmap(up, a));
+	upager_destroy(up);
+	free(want);
+	free(got);
+}
+
+static void test_unmap_and_destroy_write_back(void **state)
+{
+	(void)state;
+	size_t page = 4 * TU_KIB, len = 2 * TU_MIB;
+	const char *p1 = tu_make_file("unmap-wb.dat", len);
+	const char *p2 = tu_make_file("destroy-wb.dat", len);
+	upager_store_t *s1 = tu_store_file(p1, UPAGER_STORE_WRITABLE);
+	upager_store_t *s2 = tu_store_file(p2, UPAGER_STORE_WRITABLE);
+	upager_t *up = tu_runtime(NULL);
+	uint8_t *a = map_or_skip(up, s1, len, page, UPAGER_MAP_WRITEBACK, 0);
+	uint8_t *b = map_or_skip(up, s2, len, page, UPAGER_MAP_WRITEBACK, 0);
+	upager_store_release(s1);
+	upager_store_release(s2);
+	uint8_t *wa = xmalloc(len), *wb = xmalloc(len), *got = xmalloc(len);
+	tu_fill(wa, 0, len);
+	tu_fill(wb, 0, len);
+	uint64_t rng = 77;
+	for (size_t off = 123; off + 300 < len; off += 37 * page + 71) {
+		fill_text(wa + off, 300, &rng);
+		memcpy(a + off, wa + off, 300);
+		fill_text(wb + off, 300, &rng);
+		memcpy(b + off, wb + off, 300);
+	}
+	TU_OK(upager_unmap(up, a));
+	pread_all(p1, got, len, 0);
+	assert_same(got, wa, len, "file after unmap");
+	upager_destroy(up); /* b still mapped */
+	pread_all(p2, got, len, 0);
+	assert_same(got, wb, len, "file after destroy");
+	free(wa);
+	free(wb);
+	free(got);
+}
+
+/* ---- bad input ---- */
+
+static void test_bad_input(void **state)
+{
+	(void)state;
+	size_t len = 256 * TU_KIB;
+	const char *path = tu_make_file("bad.dat", len);
+	upager_t *up = tu_runtime(NULL);
+	struct upager_map_opts wo = { .flags = UPAGER_MAP_WRITEBACK };
+	void *addr = NULL;
+
+	/* Nowhere to write back to. */
+	upager_store_t *ro = tu_store_file(path, 0);
+	TU_ERR(upager_map(up, ro, 0, len, &wo, &addr), -EINVAL);
+	assert_null(addr);
+	struct mem_store ms;
+	upager_store_t *nw = mem_store_new(&ms, len, false);
+	TU_ERR(upager_map(up, nw, 0, len, &wo, &addr), -EINVAL);
+	assert_null(addr);
+	assert_int_equal(tu_stats(up, NULL).regions, 0);
+
+	/* An lz4 cache over a read-only file maps (the lz4 store has a
+	 * write callback), but its write-backs fail with -EROFS: reported,
+	 * never dropped. */
+	upager_store_t *lz = NULL;
+	TU_OK(upager_store_lz4(NULL, ro, &lz));
+	uint8_t *c = map_or_skip(up, lz, len, 4096, UPAGER_MAP_WRITEBACK, 0);
+	memset(c + 5000, 'x', 10);
+	TU_ERR(upager_flush(up, c, len), -EROFS);
+	assert_int_equal(tu_stats(up, c).dirty_units, 1);
+	assert_int_equal(c[5009], 'x');
+	TU_OK(upager_advise(up, c, len, UPAGER_ADV_DISCARD));
+	TU_OK(upager_unmap(up, c));
+	upager_store_release(lz);
+
+	/* Flush arguments. */
+	upager_store_t *rw = tu_store_file(path, UPAGER_STORE_WRITABLE);
+	uint8_t *a = map_or_skip(up, rw, len, 4096, UPAGER_MAP_WRITEBACK, 0);
+	uint8_t *r = map_or_skip(up, ro, len, 4096, 0, 0);
+	a[10] = 1;
+	TU_ERR(upager_flush(NULL, a, len), -EINVAL);
+	TU_ERR(upager_flush(up, a, 0), -EINVAL);
+	TU_ERR(upager_flush(up, NULL, len), -EINVAL);
+	TU_ERR(upager_flush(up, a, len + 1), -EINVAL);
+	TU_ERR(upager_flush(up, a + len - 10, 4096), -EINVAL);
+	TU_ERR(upager_flush(up, &addr, 8), -EINVAL);
+	/* None of these wrote anything. */
+	assert_int_equal(tu_stats(up, a).dirty_units, 1);
+	assert_int_equal(tu_stats(up, a).writebacks, 0);
+	/* A region without WRITEBACK has nothing to flush. */
+	r[10] = 1;
+	TU_OK(upager_flush(up, r, len));
+	TU_OK(upager_flush(up, a, len));
+	assert_int_equal(tu_stats(up, a).dirty_units, 0);
+
+	TU_OK(upager_unmap(up, a));
+	TU_OK(upager_unmap(up, r));
+	upager_store_release(ro);
+	upager_store_release(rw);
+	upager_store_release(nw);
+	upager_destroy(up);
+	mem_store_free(&ms);
+}
+
+static const struct CMUnitTest tests[] = {
+	cmocka_unit_test(test_rw_file_4k),
+	cmocka_unit_test(test_rw_file_64k),
+	cmocka_unit_test(test_rw_file_2m),
+	cmocka_unit_test(test_rw_lz4_4k),
+	cmocka_unit_test(test_rw_lz4_64k),
+	cmocka_unit_test(test_rw_lz4_2m),
+	cmocka_unit_test(test_rw_lz4file_4k),
+	cmocka_unit_test(test_rw_lz4file_64k),
+	cmocka_unit_test(test_rw_lz4file_2m),
+	cmocka_unit_test(test_ro_budget_4k),
+	cmocka_unit_test(test_ro_budget_64k),
+	cmocka_unit_test(test_runtime_budget_two_regions),
+	cmocka_unit_test(test_flush_durable_under_budget),
+	cmocka_unit_test(test_flush_durable_partial),
+	cmocka_unit_test(test_flush_durable_after_write_fault),
+	cmocka_unit_test(test_write_error_flush_and_unmap),
+	cmocka_unit_test(test_write_error_eviction_keeps_data),
+	cmocka_unit_test(test_advice_dontneed_writes_back),
+	cmocka_unit_test(test_unmap_and_destroy_write_back),
+	cmocka_unit_test(test_bad_input),
+};
+
+TU_MAIN("writeback", tests)
