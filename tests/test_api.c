@@ -244,9 +244,9 @@ static void test_map_rejects_bad_options(void **state)
 	expect_bad_map(&f, 0, 4096, &o, "readahead 1 GiB + 1");
 	o = (struct upager_map_opts){ .readahead = SIZE_MAX };
 	expect_bad_map(&f, 0, 4096, &o, "readahead SIZE_MAX");
-	o = (struct upager_map_opts){ .flags = 0x2 };
-	expect_bad_map(&f, 0, 4096, &o, "flags 0x2");
-	o = (struct upager_map_opts){ .flags = UPAGER_MAP_WRITEBACK | 0x4 };
+	o = (struct upager_map_opts){ .flags = 0x4 };
+	expect_bad_map(&f, 0, 4096, &o, "flags 0x4");
+	o = (struct upager_map_opts){ .flags = UPAGER_MAP_WRITEBACK | 0x8 };
 	expect_bad_map(&f, 0, 4096, &o, "flags WRITEBACK | 0x4");
 	o = (struct upager_map_opts){ .flags = 0x80000000u };
 	expect_bad_map(&f, 0, 4096, &o, "flags 1<<31");
