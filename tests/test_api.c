@@ -247,7 +247,7 @@ static void test_map_rejects_bad_options(void **state)
 	o = (struct upager_map_opts){ .flags = 0x4 };
 	expect_bad_map(&f, 0, 4096, &o, "flags 0x4");
 	o = (struct upager_map_opts){ .flags = UPAGER_MAP_WRITEBACK | 0x8 };
-	expect_bad_map(&f, 0, 4096, &o, "flags WRITEBACK | 0x4");
+	expect_bad_map(&f, 0, 4096, &o, "flags WRITEBACK | 0x8");
 	o = (struct upager_map_opts){ .flags = 0x80000000u };
 	expect_bad_map(&f, 0, 4096, &o, "flags 1<<31");
 	expect_bad_map(&f, UINT64_MAX - 100, 4096, NULL,
