@@ -305,15 +305,9 @@ int upager__proto_decode(const void *buf, size_t len, struct upager__msg *m)
 void upager__stats_to_wire(const struct upager_stats *in,
 			   struct upager__wire_stats *out)
 {
+#define COPY_FIELD(f) out->f = in->f;
 	memset(out, 0, sizeof(*out));
-	out->faults = in->faults;
-	out->pages_installed = in->pages_installed;
-	out->bytes_fetched = in->bytes_fetched;
-	out->prefetched = in->prefetched;
-	out->zero_pages = in->zero_pages;
-	out->read_errors = in->read_errors;
-	out->retries = in->retries;
-	out->regions = in->regions;
+	UPAGER__WIRE_STATS_FIELDS(COPY_FIELD)
 	memcpy(out->fault_us_hist, in->fault_us_hist, sizeof(out->fault_us_hist));
 }
 
@@ -321,15 +315,9 @@ void upager__stats_from_wire(const struct upager__wire_stats *in,
 			     struct upager_stats *out)
 {
 	memset(out, 0, sizeof(*out));
-	out->faults = in->faults;
-	out->pages_installed = in->pages_installed;
-	out->bytes_fetched = in->bytes_fetched;
-	out->prefetched = in->prefetched;
-	out->zero_pages = in->zero_pages;
-	out->read_errors = in->read_errors;
-	out->retries = in->retries;
-	out->regions = in->regions;
+	UPAGER__WIRE_STATS_FIELDS(COPY_FIELD)
 	memcpy(out->fault_us_hist, in->fault_us_hist, sizeof(out->fault_us_hist));
+#undef COPY_FIELD
 }
 
 /* ---- transport ---- */

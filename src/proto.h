@@ -67,9 +67,15 @@ struct upager__hdr {
 	uint32_t seq;    /* echoed in the reply */
 };
 
+/* The counters of struct upager_stats that travel, in wire order. */
+#define UPAGER__WIRE_STATS_FIELDS(X)                                      \
+	X(faults) X(pages_installed) X(bytes_fetched) X(prefetched)        \
+	X(zero_pages) X(read_errors) X(retries) X(regions)
+
 struct upager__wire_stats {
-	uint64_t faults, pages_installed, bytes_fetched, prefetched;
-	uint64_t zero_pages, read_errors, retries, regions;
+#define UPAGER__WIRE_FIELD(f) uint64_t f;
+	UPAGER__WIRE_STATS_FIELDS(UPAGER__WIRE_FIELD)
+#undef UPAGER__WIRE_FIELD
 	uint64_t fault_us_hist[UPAGER_HIST_BUCKETS];
 };
 
