@@ -271,10 +271,6 @@ void upager__manager_barrier(upager_t *up) UPAGER__HIDDEN;
 size_t upager__prefetch(upager_t *up, struct upager__region *r, size_t first,
 			size_t count, bool wait) UPAGER__HIDDEN;
 
-/* The application dropped units [first, first+n) of r: they become EMPTY
- * (BUSY ones are flagged for the write-back thread). */
-void upager__forget_units(struct upager__region *r, size_t first, size_t n) UPAGER__HIDDEN;
-
 /* ---- userfaultfd layer (uffd.c) ---- */
 
 struct upager__uffd_caps {
@@ -286,13 +282,10 @@ struct upager__uffd_caps {
 };
 
 int upager__uffd_open(int *fd, struct upager__uffd_caps *caps) UPAGER__HIDDEN;
-int upager__uffd_register(int fd, uintptr_t base, size_t len) UPAGER__HIDDEN;
 int upager__uffd_unregister(int fd, uintptr_t base, size_t len) UPAGER__HIDDEN;
 int upager__uffd_wake(int fd, uintptr_t base, size_t len) UPAGER__HIDDEN;
 /* One ioctl each; *done gets the bytes handled before the error (never a
  * negative errno from the kernel's field). */
-int upager__uffd_copy(int fd, uintptr_t dst, const void *src, size_t len,
-		      size_t *done) UPAGER__HIDDEN;
 int upager__uffd_zero(int fd, uintptr_t dst, size_t len, size_t *done) UPAGER__HIDDEN;
 int upager__uffd_poison(int fd, uintptr_t dst, size_t len, size_t *done) UPAGER__HIDDEN;
 

@@ -333,7 +333,8 @@ static void forget_unit(struct upager__region *r, size_t u)
 	}
 }
 
-void upager__forget_units(struct upager__region *r, size_t first, size_t n)
+/* The application dropped units [first, first+n) of r. */
+static void forget_units(struct upager__region *r, size_t first, size_t n)
 {
 	for (size_t k = 0; k < n; k++)
 		forget_unit(r, first + k);
@@ -351,7 +352,7 @@ static void forget_range(struct upager__space *sp, uintptr_t a, uintptr_t b)
 			continue;
 		size_t f, n;
 		upager__units_of(r, a, b, &f, &n);
-		upager__forget_units(r, f, n);
+		forget_units(r, f, n);
 	}
 }
 

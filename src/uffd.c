@@ -89,12 +89,6 @@ int upager__uffd_open(int *out, struct upager__uffd_caps *caps)
 	return 0;
 }
 
-int upager__uffd_register(int fd, uintptr_t base, size_t len)
-{
-	return upager__uffd_register_mode(fd, base, len,
-					  UFFDIO_REGISTER_MODE_MISSING);
-}
-
 int upager__uffd_register_mode(int fd, uintptr_t base, size_t len,
 			       uint64_t mode)
 {
@@ -153,12 +147,6 @@ static int uffd_copy_mode(int fd, uintptr_t dst, const void *src, size_t len,
 	int rc = ioctl(fd, UFFDIO_COPY, &c) ? -errno : 0;
 	*done = rc ? clamp_done(c.copy) : len;
 	return rc;
-}
-
-int upager__uffd_copy(int fd, uintptr_t dst, const void *src, size_t len,
-		      size_t *done)
-{
-	return uffd_copy_mode(fd, dst, src, len, 0, done);
 }
 
 static int uffd_zero_mode(int fd, uintptr_t dst, size_t len, uint64_t mode,
