@@ -96,8 +96,9 @@ static void mark_pages(struct upager__worker *w, size_t p, size_t n, bool on)
 	}
 }
 
-/* First fit of n contiguous free arena pages; NULL if none. */
-static char *arena_alloc(struct upager__worker *w, size_t n)
+/* First page of the first run of n free arena pages; ARENA_PAGES if
+ * none. */
+static size_t arena_find(const struct upager__worker *w, size_t n)
 {
 	size_t run = 0;
 	for (size_t p = 0; p < ARENA_PAGES; p++) {
@@ -107,12 +108,20 @@ static char *arena_alloc(struct upager__worker *w, size_t n)
 			continue;
 		}
 		run = page_used(w, p) ? 0 : run + 1;
-		if (run == n) {
-			mark_pages(w, p + 1 - n, n, true);
-			return w->arena + (p + 1 - n) * 4096;
-		}
+		if (run == n)
+			return p + 1 - n;
 	}
-	return NULL;
+	return ARENA_PAGES;
+}
+
+/* First fit of n contiguous free arena pages; NULL if none. */
+static char *arena_alloc(struct upager__worker *w, size_t n)
+{
+	size_t p = arena_find(w, n);
+	if (p == ARENA_PAGES)
+		return NULL;
+	mark_pages(w, p, n, true);
+	return w->arena + p * 4096;
 }
 
 static void arena_free(struct upager__worker *w, char *buf, size_t n)
@@ -120,12 +129,9 @@ static void arena_free(struct upager__worker *w, char *buf, size_t n)
 	mark_pages(w, (size_t)(buf - w->arena) / 4096, n, false);
 }
 
-static bool arena_fits(struct upager__worker *w, size_t n)
+static bool arena_fits(const struct upager__worker *w, size_t n)
 {
-	char *b = arena_alloc(w, n);
-	if (b)
-		arena_free(w, b, n);
-	return b != NULL;
+	return arena_find(w, n) < ARENA_PAGES;
 }
 
 static bool all_zero(const char *p, size_t n)
@@ -229,6 +235,14 @@ static void settle_units(const struct upager__req *j, size_t u, size_t n,
 	}
 }
 
+/* Whether unit i of a job's data (want store bytes, then zeros) is all
+ * zeros. */
+static bool unit_zero(const char *data, size_t want, size_t i, size_t ps)
+{
+	size_t have = want > i * ps ? want - i * ps : 0;
+	return all_zero(data + i * ps, have < ps ? have : ps);
+}
+
 /* Installs the units of job j. data: the units' bytes (store bytes, then
  * zeros); want: how many came from the store. Consecutive units with data
  * go in with one ioctl; all-zero units as zero pages. */
@@ -251,14 +265,16 @@ static void finish(struct upager__worker *w, const struct upager__req *j,
 	 * protected, so the first write is seen; a write fault installs it
 	 * writable and already dirty. */
 	bool wp = r->wp && !j->write;
+	bool next_zero = false; /* unit i is known to be all zeros */
 	for (size_t i = 0; i < n;) {
-		size_t have = want > i * ps ? want - i * ps : 0;
-		bool zero = all_zero(data + i * ps, have < ps ? have : ps);
+		bool zero = next_zero || unit_zero(data, want, i, ps);
+		next_zero = false;
 		size_t k = 1;
 		while (!zero && i + k < n) {
-			size_t h = want > (i + k) * ps ? want - (i + k) * ps : 0;
-			if (all_zero(data + (i + k) * ps, h < ps ? h : ps))
+			if (unit_zero(data, want, i + k, ps)) {
+				next_zero = true; /* scanned once, not again */
 				break;
+			}
 			k++;
 		}
 		/* Installed without waking; counted; then woken: a thread
