@@ -44,25 +44,6 @@ static int call(int s, uint8_t *buf, size_t len, uint8_t *in,
 	return rc ? rc : rep->u.reply.status;
 }
 
-static int dial(const char *path)
-{
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	if (strlen(path) >= sizeof(sa.sun_path))
-		return -ENAMETOOLONG;
-	strcpy(sa.sun_path, path);
-	int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	if (s < 0)
-		return -errno;
-	struct timeval tv = { .tv_sec = 10 };
-	setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	if (connect(s, (struct sockaddr *)&sa, sizeof(sa))) {
-		int rc = -errno;
-		close(s);
-		return rc;
-	}
-	return s;
-}
-
 static const char *human(uint64_t v, char *buf, size_t n)
 {
 	const char *u[] = { "B", "KiB", "MiB", "GiB", "TiB" };
@@ -143,7 +124,7 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
-	int s = dial(path);
+	int s = upager__proto_dial(path, 10);
 	if (s < 0) {
 		fprintf(stderr, "upagerctl: %s: %s\n", path, upager_strerror(s));
 		return 1;

@@ -216,26 +216,6 @@ static void *watcher_main(void *arg)
 
 /* ---- set-up and teardown ---- */
 
-static int dial(const char *path)
-{
-	struct sockaddr_un sa = { .sun_family = AF_UNIX };
-	if (strlen(path) >= sizeof(sa.sun_path))
-		return -ENAMETOOLONG;
-	strcpy(sa.sun_path, path);
-	int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-	if (s < 0)
-		return -errno;
-	struct timeval tv = { .tv_sec = IO_TIMEOUT_S };
-	setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-	if (connect(s, (struct sockaddr *)&sa, sizeof(sa))) {
-		int rc = -errno;
-		close(s);
-		return rc;
-	}
-	return s;
-}
-
 static void client_free(struct upager__client *c)
 {
 	if (c->sock >= 0)
@@ -265,7 +245,7 @@ int upager__client_connect(upager_t *up, const struct upager_config *cfg)
 	int rc = c->stop_fd < 0 ? -errno : 0;
 	if (rc)
 		goto fail;
-	c->sock = dial(cfg->daemon_socket);
+	c->sock = upager__proto_dial(cfg->daemon_socket, IO_TIMEOUT_S);
 	if (c->sock < 0) {
 		rc = c->sock;
 		goto fail;

@@ -12,6 +12,8 @@
 #include <stdbool.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "proto.h"
@@ -323,6 +325,26 @@ void upager__stats_from_wire(const struct upager__wire_stats *in,
 /* ---- transport ---- */
 
 #define MAX_FDS 4u
+
+int upager__proto_dial(const char *path, int timeout_s)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	if (strlen(path) >= sizeof(sa.sun_path))
+		return -ENAMETOOLONG;
+	strcpy(sa.sun_path, path);
+	int s = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+	if (s < 0)
+		return -errno;
+	struct timeval tv = { .tv_sec = timeout_s };
+	setsockopt(s, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(s, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	if (connect(s, (struct sockaddr *)&sa, sizeof(sa))) {
+		int rc = -errno;
+		close(s);
+		return rc;
+	}
+	return s;
+}
 
 int upager__proto_send(int sock, const void *buf, size_t len, const int *fds,
 		       unsigned nfds)

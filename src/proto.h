@@ -143,6 +143,11 @@ void upager__stats_to_wire(const struct upager_stats *in,
 void upager__stats_from_wire(const struct upager__wire_stats *in,
 			     struct upager_stats *out) UPAGER__HIDDEN;
 
+/* Connects a SEQPACKET socket to the daemon at @path, with send and
+ * receive timeouts of @timeout_s seconds. Returns the socket (close-on-
+ * exec) or -errno (-ENAMETOOLONG: @path does not fit a socket address). */
+int upager__proto_dial(const char *path, int timeout_s) UPAGER__HIDDEN;
+
 /* Sends one record with up to 4 descriptors (SCM_RIGHTS). Returns 0 or
  * -errno (-EPIPE/-ECONNRESET when the peer is gone). */
 int upager__proto_send(int sock, const void *buf, size_t len, const int *fds,
