@@ -493,7 +493,9 @@ struct upager_stats {
 /*! upager_stats() :
  * Fills @out with the counters of the region that contains @addr, or of
  * the whole runtime when @addr is NULL. Counters are read without
- * stopping the threads: each is exact, the set is not a snapshot.
+ * stopping the threads: each is exact, the set is not a snapshot. A unit
+ * installed ahead of need (readahead, WILLNEED) can be readable a moment
+ * before the worker that installed it has counted it.
  * @return 0, -EINVAL (NULL @up or @out, @addr not in a region). */
 UPAGER_API int upager_stats(upager_t *up, void *addr,
 			    struct upager_stats *out);

@@ -171,7 +171,7 @@ static void run_case(const struct scase *c)
 	scan_region(&ref, base, page, nunits, c->threads, c->random,
 		    c->offset ^ page ^ c->length);
 
-	struct upager_stats st = tu_stats(up, base);
+	struct upager_stats st = tu_stats_settled(up, base);
 	tu_print_stats("region", &st);
 	assert_int_equal(st.pages_installed, nunits);
 	assert_int_equal(st.read_errors, 0);

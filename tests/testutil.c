@@ -253,6 +253,20 @@ struct upager_stats tu_stats(upager_t *up, void *addr)
 	return st;
 }
 
+struct upager_stats tu_stats_settled(upager_t *up, void *addr)
+{
+	struct upager_stats a = tu_stats(up, addr), b;
+	for (int i = 0; i < 250; i++) {
+		tu_sleep_ms(20);
+		b = tu_stats(up, addr);
+		if (!memcmp(&a, &b, sizeof(a)))
+			return b;
+		a = b;
+	}
+	fail_msg("upager_stats(%p): counters still moving after 5 s", addr);
+	return a;
+}
+
 uint64_t tu_hist_sum(const struct upager_stats *st)
 {
 	uint64_t sum = 0;

@@ -114,6 +114,10 @@ void *tu_map(upager_t *up, upager_store_t *s, uint64_t offset, size_t length,
 	     size_t page_size, size_t readahead);
 /* upager_stats() that asserts success. */
 struct upager_stats tu_stats(upager_t *up, void *addr);
+/* tu_stats() once two reads 20 ms apart agree (fails after 5 s): for
+ * checks made when the application is done but prefetch installs may
+ * still be being counted. */
+struct upager_stats tu_stats_settled(upager_t *up, void *addr);
 /* Sum of the fault time histogram. */
 uint64_t tu_hist_sum(const struct upager_stats *st);
 /* Prints the interesting counters of @st, prefixed with @what. */
