@@ -662,6 +662,30 @@ UPAGER_API int upager_page_server_set_push_map(upager_page_server_t *srv,
 					       const uint8_t *map,
 					       size_t nblocks);
 
+/*! upager_page_server_set_push_first() :
+ * Makes push streams send the blocks whose bit is set in @map (bit b of
+ * byte b/8 for block b, @nblocks bits; @map is copied) before any other
+ * block: typically the client's working set, so that it stops faulting as
+ * early as possible. Only blocks of the push map are pushed at all, and a
+ * block a demand read already sent is skipped. While such blocks remain,
+ * a demand read still moves the stream, to the next of them after the
+ * range read; then the stream pushes the rest as usual. Affects push
+ * streams started after the call. @map NULL: no block goes first (the
+ * default).
+ * @return 0, -EINVAL (@srv NULL, or @nblocks differs from the server's
+ *         block count), -ENOMEM. */
+UPAGER_API int upager_page_server_set_push_first(upager_page_server_t *srv,
+						 const uint8_t *map,
+						 size_t nblocks);
+
+/*! upager_page_server_pushed_first() :
+ * Stores in @out how many blocks @srv's push streams have sent while
+ * blocks of the push-first map (upager_page_server_set_push_first())
+ * remained, i.e. ahead of the others.
+ * @return 0, -EINVAL (NULL argument). */
+UPAGER_API int upager_page_server_pushed_first(upager_page_server_t *srv,
+					       uint64_t *out);
+
 /*! struct upager_page_server_stats : counters of a page server. */
 struct upager_page_server_stats {
 	uint64_t connections;   /* accepted */

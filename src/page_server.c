@@ -5,7 +5,9 @@
  * Threads: one acceptor, then one thread per connection. A client opens
  * two connections that name the same session token: on the demand one the
  * thread answers READ frames in order; on the bulk one, after PUSH_START,
- * it pushes every block of the push map the session has not sent yet.
+ * it pushes every block of the push map the session has not sent yet:
+ * first those of the "push first" map (the client's working set, when the
+ * application knows it), then the others.
  *
  * Session state shared by a client's two threads: `sent` (one byte per
  * block, set once with an atomic exchange by whichever thread sends the
@@ -70,9 +72,11 @@ struct upager_page_server {
 	struct conn *conns;
 	struct session *sessions;
 	uint8_t *push_map;       /* NULL: every block */
+	uint8_t *first_map;      /* NULL: no block before the others */
 
 	atomic_uint_fast64_t connections, refused, reads, read_bytes,
-		pushed_blocks, pushed_bytes, restarts, streams_done;
+		pushed_blocks, pushed_bytes, restarts, streams_done,
+		pushed_first;
 };
 
 #define ADD(srv, f, n) atomic_fetch_add_explicit(&(srv)->f, (n), \
@@ -223,14 +227,16 @@ static bool in_map(const uint8_t *map, uint64_t b)
 	return !map || (map[b / 8] >> (b % 8)) & 1;
 }
 
-/* Next block at or after cur (wrapping) to push, or UINT64_MAX. */
+/* Next block at or after cur (wrapping) to push that is in both maps
+ * (NULL: every block), or UINT64_MAX. */
 static uint64_t next_block(upager_page_server_t *srv, struct session *s,
-			   const uint8_t *map, uint64_t cur)
+			   const uint8_t *map, const uint8_t *first,
+			   uint64_t cur)
 {
 	for (uint64_t i = 0; i < srv->nblocks; i++) {
 		uint64_t b = (cur + i) % srv->nblocks;
 		if (!__atomic_load_n(&s->sent[b], __ATOMIC_RELAXED) &&
-		    in_map(map, b))
+		    in_map(map, b) && in_map(first, b))
 			return b;
 	}
 	return UINT64_MAX;
@@ -243,7 +249,11 @@ static void wait_demand_idle(upager_page_server_t *srv, struct session *s)
 		nanosleep(&ts, NULL);
 }
 
-static int push_stream(struct conn *c, const uint8_t *map)
+/* Pushes the blocks of @first (if any), then the rest of @map. Demand
+ * reads move the cursor in both phases; in the first one the stream only
+ * looks for blocks of @first from there. */
+static int push_stream(struct conn *c, const uint8_t *map,
+		       const uint8_t *first)
 {
 	upager_page_server_t *srv = c->srv;
 	struct session *s = c->ses;
@@ -254,7 +264,14 @@ static int push_stream(struct conn *c, const uint8_t *map)
 			cur = h - 1;
 			ADD(srv, restarts, 1);
 		}
-		uint64_t b = next_block(srv, s, map, cur);
+		uint64_t b = UINT64_MAX;
+		if (first) {
+			b = next_block(srv, s, map, first, cur);
+			if (b == UINT64_MAX)
+				first = NULL; /* all sent: the others now */
+		}
+		if (b == UINT64_MAX)
+			b = next_block(srv, s, map, NULL, cur);
 		if (b == UINT64_MAX) {
 			struct upager__rp_hdr d = { .type = RP_PUSH_DONE };
 			ADD(srv, streams_done, 1);
@@ -272,24 +289,29 @@ static int push_stream(struct conn *c, const uint8_t *map)
 		int rc = send_range(c, &d, off);
 		if (rc)
 			return rc;
+		if (first)
+			ADD(srv, pushed_first, 1);
 		ADD(srv, pushed_blocks, 1);
 		ADD(srv, pushed_bytes, n);
 	}
 	return -ECANCELED;
 }
 
-static uint8_t *copy_map(upager_page_server_t *srv)
+/* A private copy of *@from (NULL if none); false when out of memory. */
+static bool copy_map(upager_page_server_t *srv, uint8_t *const *from,
+		     uint8_t **out)
 {
 	pthread_mutex_lock(&srv->lock);
 	uint8_t *m = NULL;
-	if (srv->push_map) {
+	if (*from) {
 		m = malloc((srv->nblocks + 7) / 8);
 		if (m)
-			memcpy(m, srv->push_map, (srv->nblocks + 7) / 8);
+			memcpy(m, *from, (srv->nblocks + 7) / 8);
 	}
-	bool failed = srv->push_map && !m;
+	bool ok = !*from || m;
 	pthread_mutex_unlock(&srv->lock);
-	return failed ? (uint8_t *)-1 : m;
+	*out = m;
+	return ok;
 }
 
 static void bulk_loop(struct conn *c)
@@ -302,13 +324,16 @@ static void bulk_loop(struct conn *c)
 				      "only PUSH_START on a bulk connection");
 		return;
 	}
-	uint8_t *map = copy_map(c->srv);
-	if (map == (uint8_t *)-1) {
+	uint8_t *map = NULL, *first = NULL;
+	if (!copy_map(c->srv, &c->srv->push_map, &map) ||
+	    !copy_map(c->srv, &c->srv->first_map, &first)) {
+		free(map);
 		upager__rp_send_error(c->fd, 0, ENOMEM, "out of memory");
 		return;
 	}
-	int rc = push_stream(c, map);
+	int rc = push_stream(c, map, first);
 	free(map);
+	free(first);
 	if (rc)
 		return;
 	/* Keep the connection until the client closes it. */
@@ -520,8 +545,9 @@ int upager_page_server_store(int listen_fd, upager_store_t *store,
 	return start(listen_fd, NULL, store, size, opts, out);
 }
 
-int upager_page_server_set_push_map(upager_page_server_t *srv,
-				    const uint8_t *map, size_t nblocks)
+/* Replaces *@field with a copy of @map (NULL: none). */
+static int set_map(upager_page_server_t *srv, uint8_t **field,
+		   const uint8_t *map, size_t nblocks)
 {
 	if (!srv || (map && nblocks != srv->nblocks))
 		return -EINVAL;
@@ -533,10 +559,31 @@ int upager_page_server_set_push_map(upager_page_server_t *srv,
 		memcpy(m, map, (nblocks + 7) / 8);
 	}
 	pthread_mutex_lock(&srv->lock);
-	uint8_t *old = srv->push_map;
-	srv->push_map = m;
+	uint8_t *old = *field;
+	*field = m;
 	pthread_mutex_unlock(&srv->lock);
 	free(old);
+	return 0;
+}
+
+int upager_page_server_set_push_map(upager_page_server_t *srv,
+				    const uint8_t *map, size_t nblocks)
+{
+	return set_map(srv, srv ? &srv->push_map : NULL, map, nblocks);
+}
+
+int upager_page_server_set_push_first(upager_page_server_t *srv,
+				      const uint8_t *map, size_t nblocks)
+{
+	return set_map(srv, srv ? &srv->first_map : NULL, map, nblocks);
+}
+
+int upager_page_server_pushed_first(upager_page_server_t *srv,
+				    uint64_t *out)
+{
+	if (!srv || !out)
+		return -EINVAL;
+	*out = atomic_load(&srv->pushed_first);
 	return 0;
 }
 
@@ -580,6 +627,7 @@ void upager_page_server_stop(upager_page_server_t *srv)
 	close(srv->wake_fd);
 	pthread_mutex_destroy(&srv->lock);
 	free(srv->push_map);
+	free(srv->first_map);
 	upager_store_release(srv->store);
 	free(srv);
 }

@@ -3,7 +3,8 @@
  *
  * remote_*: a page server over a buffer in this process and remote stores
  * reading from it over loopback TCP: bytes compared with the buffer, the
- * push stream with its bounded cache, protocol version refusal in both
+ * push stream with its bounded cache, the push-first map (order checked
+ * block by block), protocol version refusal in both
  * directions, and a server that goes away (SIGBUS, never zeros).
  * mig_*: the vm-migrate demo run end to end with a 64 MiB guest in every
  * mode; the demo exits 0 only when the guest's final checksum equals the
@@ -16,6 +17,7 @@
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -161,6 +163,101 @@ static void remote_push(void **state)
 	TU_OK(upager_unmap(c.up, c.region));
 	upager_store_release(st);
 	upager_destroy(c.up);
+	unserve(&s);
+}
+
+/* Order in which pushed blocks reached the store. */
+struct push_log {
+	_Atomic unsigned n;
+	uint64_t block[BUF_SIZE / BLOCK];
+};
+
+static void log_pushed(void *arg, uint64_t off, size_t len)
+{
+	struct push_log *l = arg;
+	assert_int_equal(len, BLOCK);
+	unsigned i = atomic_fetch_add(&l->n, 1);
+	if (i < BUF_SIZE / BLOCK)
+		l->block[i] = off / BLOCK;
+}
+
+static void set_bit8(uint8_t *m, unsigned b)
+{
+	m[b / 8] |= (uint8_t)(1u << (b % 8));
+}
+
+/* The push-first map: its blocks (those also in the push map) are pushed
+ * before any other, starting after the last demand read; then the rest. */
+static void remote_push_first(void **state)
+{
+	(void)state;
+	enum { NB = BUF_SIZE / BLOCK };
+	struct served s;
+	serve(&s, BLOCK);
+	uint8_t first[NB / 8] = { 0 }, map[NB / 8];
+	memset(map, 0xff, sizeof(map));
+	map[90 / 8] &= (uint8_t)~(1u << (90 % 8)); /* never pushed */
+	const unsigned hot[] = { 5, 40, 41, 42, 43, 44, 45, 46, 47, 90, 127 };
+	for (unsigned i = 0; i < sizeof(hot) / sizeof(hot[0]); i++)
+		set_bit8(first, hot[i]);
+	uint64_t n;
+	TU_ERR(upager_page_server_set_push_first(NULL, first, NB), -EINVAL);
+	TU_ERR(upager_page_server_set_push_first(s.srv, first, NB - 1), -EINVAL);
+	TU_ERR(upager_page_server_set_push_first(s.srv, first, NB + 1), -EINVAL);
+	TU_ERR(upager_page_server_pushed_first(NULL, &n), -EINVAL);
+	TU_ERR(upager_page_server_pushed_first(s.srv, NULL), -EINVAL);
+	TU_OK(upager_page_server_set_push_first(s.srv, NULL, 0));
+	TU_OK(upager_page_server_set_push_first(s.srv, first, NB));
+	TU_OK(upager_page_server_set_push_map(s.srv, map, NB));
+
+	static struct push_log log;
+	atomic_store(&log.n, 0);
+	struct upager_remote_opts ro = {
+		.cache_bytes = BUF_SIZE, .on_pushed = log_pushed, .arg = &log,
+	};
+	upager_store_t *st;
+	TU_OK(upager_store_remote("127.0.0.1", s.port, &ro, &st));
+	/* A demand read first: the stream starts at the next hot block. */
+	char *got = malloc(BUF_SIZE);
+	assert_non_null(got);
+	TU_OK(upager_store_remote_read(st, got + 100 * BLOCK, BLOCK, 100 * BLOCK));
+	TU_OK(upager_store_remote_push(st));
+	struct upager_remote_stats rs;
+	uint64_t end = tu_now_ns() + 30ull * 1000000000ull;
+	do {
+		tu_sleep_ms(5);
+		TU_OK(upager_store_remote_stats(st, &rs));
+		assert_true(tu_now_ns() < end);
+	} while (!rs.push_done);
+	/* Every block but 90 (outside the push map) and 100 (read). */
+	assert_int_equal(atomic_load(&log.n), NB - 2);
+	const uint64_t want_first[] = { 127, 5, 40, 41, 42, 43, 44, 45, 46, 47 };
+	for (unsigned i = 0; i < 10; i++)
+		assert_int_equal(log.block[i], want_first[i]);
+	/* Then the others, in order from the end of the hot run. */
+	uint64_t b = 48;
+	for (unsigned i = 10; i < NB - 2; i++, b = (b + 1) % NB) {
+		while (b == 90 || b == 100 || b == 127 || b == 5 ||
+		       (b >= 40 && b <= 47))
+			b = (b + 1) % NB;
+		assert_int_equal(log.block[i], b);
+	}
+	TU_OK(upager_page_server_pushed_first(s.srv, &n));
+	assert_int_equal(n, 10);
+	/* The bytes: pushed blocks from the cache, 90 on demand. */
+	for (unsigned i = 0; i < NB; i++)
+		if (i != 100)
+			TU_OK(upager_store_remote_read(st, got + i * BLOCK, BLOCK,
+						       (uint64_t)i * BLOCK));
+	assert_memory_equal(got, s.buf, BUF_SIZE);
+	TU_OK(upager_store_remote_stats(st, &rs));
+	assert_int_equal(rs.demand_reads, 2);
+	assert_int_equal(rs.cache_reads, NB - 2);
+	struct upager_page_server_stats ps;
+	TU_OK(upager_page_server_stats(s.srv, &ps));
+	assert_int_equal(ps.pushed_blocks, NB - 2);
+	free(got);
+	upager_store_release(st);
 	unserve(&s);
 }
 
@@ -344,7 +441,18 @@ static void mig_precopy(void **state)
 static void mig_postcopy(void **state)
 {
 	(void)state;
-	expect_migration("--mode postcopy");
+	static char out[1 << 16];
+	int rc = run_demo("--mode postcopy", out, sizeof(out));
+	assert_int_equal(rc, 0);
+	assert_non_null(strstr(out, "checksum OK"));
+	/* The source sampled the guest's hot units and pushed them first. */
+	const char *h = strstr(out, "hot pages (sampled");
+	assert_non_null(h);
+	unsigned long hot = 0, first = 0;
+	assert_int_equal(sscanf(strchr(h, ')') + 1, "%lu, pushed first %lu",
+				&hot, &first), 2);
+	assert_true(hot > 0);
+	assert_true(first <= hot);
 }
 
 static void mig_hybrid(void **state)
@@ -375,6 +483,7 @@ static void mig_killsrc(void **state)
 static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(remote_roundtrip),
 	cmocka_unit_test(remote_push),
+	cmocka_unit_test(remote_push_first),
 	cmocka_unit_test(remote_version),
 	cmocka_unit_test(remote_dies),
 	cmocka_unit_test(mig_stopcopy),

@@ -9,7 +9,7 @@ option(UPAGER_FUZZ "Build libFuzzer targets (clang only)" OFF)
 
 upager_add_test(test_migrate SOURCES test_migrate.c TIMEOUT 120
   LABELS concurrency
-  CASES remote_roundtrip remote_push remote_version remote_dies
+  CASES remote_roundtrip remote_push remote_push_first remote_version remote_dies
         mig_stopcopy mig_precopy mig_postcopy mig_hybrid mig_process
         mig_killsrc)
 target_compile_definitions(test_migrate PRIVATE

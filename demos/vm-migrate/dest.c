@@ -7,7 +7,9 @@
  *  - stop-copy, precopy: plain anonymous memory the stream is copied into;
  *  - postcopy: a region from upager_map() over a remote store connected to
  *    the source's page server; pushed blocks are installed by advising
- *    WILLNEED from the store's on_pushed callback;
+ *    WILLNEED from the store's on_pushed callback; the source sends the
+ *    map of units it saw the guest write (pushed first), which is only
+ *    used here to count the hot units that arrived by push;
  *  - hybrid: a region over a small custom store of this file that serves
  *    pages clean since the precopy pass from the local copy and the
  *    others through the remote store (upager_store_remote_read).
@@ -34,6 +36,11 @@ struct dest {
 	upager_store_t *layer;   /* hybrid */
 	char *pre;               /* hybrid: precopy landing buffer */
 	uint8_t *dirty_map;      /* hybrid: units to take from the source */
+	uint8_t *hot_map;        /* postcopy: units the source pushes first */
+	atomic_uint_fast64_t hot_pushed; /* of those, arrived by push */
+	uint64_t t_hot_present;  /* when every hot unit was installed */
+	unsigned char *mc_vec;   /* mincore() vector for 256 units */
+	int reniced;             /* threads moved to --bg-nice */
 	size_t nunits;
 	uint64_t ctl_bytes;
 	struct stop_info si;
@@ -49,6 +56,10 @@ static void on_pushed(void *arg, uint64_t off, size_t len)
 {
 	struct dest *d = arg;
 	upager_advise(d->up, d->a->ram + off, len, UPAGER_ADV_WILLNEED);
+	uint64_t u = off / d->cfg.page_size;
+	if (d->hot_map && (d->hot_map[u / 8] >> (u % 8)) & 1)
+		atomic_fetch_add_explicit(&d->hot_pushed, 1,
+					  memory_order_relaxed);
 }
 
 /* The map is published (release) before the guest resumes; workers reach
@@ -161,8 +172,9 @@ static void recv_stop(struct dest *d, int ctl, const struct msg *m)
 		die("dest: lost the stream during the switch");
 	memcpy(&d->si, buf, sizeof(d->si));
 	size_t slen = d->si.nsamples * sizeof(struct sample);
-	if (sizeof(d->si) + slen + d->si.state_len + d->si.map_len != m->len ||
-	    d->si.state_len > sizeof(d->state))
+	if (sizeof(d->si) + slen + d->si.state_len + d->si.map_len +
+	    d->si.hot_len != m->len || d->si.state_len > sizeof(d->state) ||
+	    (d->si.hot_len && d->si.hot_len != (d->nunits + 7) / 8))
 		die("dest: malformed switch message");
 	d->src_samples = malloc(slen + 1);
 	memcpy(d->src_samples, buf + sizeof(d->si), slen);
@@ -174,6 +186,13 @@ static void recv_stop(struct dest *d, int ctl, const struct msg *m)
 		memcpy(map, buf + sizeof(d->si) + slen + d->si.state_len,
 		       d->si.map_len);
 		__atomic_store_n(&d->dirty_map, map, __ATOMIC_RELEASE);
+	}
+	if (d->si.hot_len) {
+		d->hot_map = malloc(d->si.hot_len);
+		d->mc_vec = malloc(256 * (d->cfg.page_size / GUEST_PAGE));
+		if (!d->hot_map || !d->mc_vec)
+			die("out of memory");
+		memcpy(d->hot_map, buf + m->len - d->si.hot_len, d->si.hot_len);
 	}
 	d->ctl_bytes += m->len + sizeof(*m);
 	free(buf);
@@ -208,7 +227,8 @@ static void recv_until_stop(struct dest *d, int ctl)
 
 struct figures {
 	double downtime_ms, total_ms, rate_before, rate_during, rate_after;
-	uint64_t bytes, demand, pushed, local, p50, p99;
+	double hot_ready_ms;     /* resume -> every hot unit installed */
+	uint64_t bytes, demand, pushed, local, hot, hot_pushed, p50, p99;
 };
 
 /* Guest work units at time t, from the source's then our samples. */
@@ -267,15 +287,18 @@ static void write_csv(struct dest *d, const struct figures *f, bool ok)
 	if (ftell(fp) == 0)
 		fprintf(fp, "mode,backend,mem_mib,vcpus,page_kib,downtime_ms,"
 			    "total_ms,bytes_sent,demand_pages,pushed_pages,"
-			    "local_pages,fault_p50_us,fault_p99_us,rate_before,"
+			    "local_pages,hot_pages,hot_pushed,hot_ready_ms,"
+			    "fault_p50_us,fault_p99_us,rate_before,"
 			    "rate_during,rate_after,checksum_ok\n");
 	fprintf(fp, "%s,%s,%zu,%d,%zu,%.3f,%.1f,%llu,%llu,%llu,%llu,%llu,%llu,"
-		    "%.0f,%.0f,%.0f,%d\n",
+		    "%.1f,%llu,%llu,%.0f,%.0f,%.0f,%d\n",
 		mode_name(a->o.mode), a->kvm ? "kvm" : "process",
 		a->o.ram_size >> 20, a->o.nvcpus, a->o.page_size >> 10,
 		f->downtime_ms, f->total_ms, (unsigned long long)f->bytes,
 		(unsigned long long)f->demand, (unsigned long long)f->pushed,
-		(unsigned long long)f->local, (unsigned long long)f->p50,
+		(unsigned long long)f->local, (unsigned long long)f->hot,
+		(unsigned long long)f->hot_pushed, f->hot_ready_ms,
+		(unsigned long long)f->p50,
 		(unsigned long long)f->p99, f->rate_before, f->rate_during,
 		f->rate_after, ok);
 	fclose(fp);
@@ -302,6 +325,10 @@ static void report(struct dest *d, uint64_t t_resume, uint64_t t_complete,
 		if (d->dirty_map)
 			f.local = st.pages_installed > f.demand + f.pushed ?
 				  st.pages_installed - f.demand - f.pushed : 0;
+		f.hot = d->si.hot_units;
+		f.hot_pushed = atomic_load(&d->hot_pushed);
+		if (d->t_hot_present)
+			f.hot_ready_ms = (double)(d->t_hot_present - t_resume) / 1e6;
 	}
 	uint64_t win = (uint64_t)(a->o.migrate_after_ms < 1000 ?
 				  a->o.migrate_after_ms : 1000) * 1000000ull;
@@ -325,6 +352,15 @@ static void report(struct dest *d, uint64_t t_resume, uint64_t t_complete,
 		if (d->dirty_map)
 			printf("pages from precopy copy   %10llu\n",
 			       (unsigned long long)f.local);
+		if (d->hot_map)
+			printf("hot pages (sampled, %.0f ms) %8llu, pushed first "
+			       "%llu\n", (double)d->si.hot_sample_ns / 1e6,
+			       (unsigned long long)f.hot,
+			       (unsigned long long)f.hot_pushed);
+		if (d->t_hot_present)
+			printf("hot pages all present     %10.1f ms after the "
+			       "resume (then %d threads at nice %d)\n",
+			       f.hot_ready_ms, d->reniced, a->o.bg_nice);
 		printf("fault service p50 / p99   %6llu / %llu us\n",
 		       (unsigned long long)f.p50, (unsigned long long)f.p99);
 	}
@@ -339,7 +375,43 @@ static void report(struct dest *d, uint64_t t_resume, uint64_t t_complete,
 
 /* ---- the destination ---- */
 
-static uint64_t wait_complete(struct dest *d, uint64_t t_resume)
+/* Whether every unit of the hot map is installed, checked on the first
+ * page of each unit (units are installed whole). */
+static bool hot_present(struct dest *d)
+{
+	size_t ps = d->cfg.page_size;
+	for (size_t u = 0; u < d->nunits;) {
+		if (!((d->hot_map[u / 8] >> (u % 8)) & 1)) {
+			u++;
+			continue;
+		}
+		size_t v = u;
+		while (v < d->nunits && v - u < 256 &&
+		       (d->hot_map[v / 8] >> (v % 8)) & 1)
+			v++;
+		if (mincore(d->a->ram + u * ps, (v - u) * ps, d->mc_vec))
+			return false;
+		for (size_t k = 0; k < v - u; k++)
+			if (!(d->mc_vec[k * (ps / GUEST_PAGE)] & 1))
+				return false;
+		u = v;
+	}
+	return true;
+}
+
+/* Every hot unit is in: tell the source, and let the rest of the
+ * migration yield the CPUs to the guest. */
+static void hot_done(struct dest *d, int ctl)
+{
+	struct app *a = d->a;
+	d->t_hot_present = now_ns();
+	if (wire_send(ctl, M_HOT, 0, 0, NULL, 0))
+		die("dest: the source went away");
+	if (a->o.bg_nice)
+		d->reniced = renice_background(a, a->o.bg_nice);
+}
+
+static uint64_t wait_complete(struct dest *d, int ctl, uint64_t t_resume)
 {
 	struct app *a = d->a;
 	if (!d->up)
@@ -348,6 +420,8 @@ static uint64_t wait_complete(struct dest *d, uint64_t t_resume)
 		return now_ns();
 	uint64_t end = now_ns() + 300ull * 1000000000ull;
 	while (region_installed(a) < d->nunits) {
+		if (d->hot_map && !d->t_hot_present && hot_present(d))
+			hot_done(d, ctl);
 		if (atomic_load(&a->failed))
 			die("dest: guest failed: %s", a->fail_msg);
 		if (now_ns() > end)
@@ -399,7 +473,7 @@ int run_dest(struct app *a, int ctl, pid_t source_pid)
 		printf("dest: killed the source (pid %d) %u ms after the switch\n",
 		       (int)source_pid, a->o.kill_after_ms);
 	}
-	uint64_t t_complete = wait_complete(&d, t_resume);
+	uint64_t t_complete = wait_complete(&d, ctl, t_resume);
 	if (d.dirty_map)
 		pthread_join(clean, NULL);
 	sleep_ms(a->o.run_after_ms);
@@ -419,6 +493,8 @@ int run_dest(struct app *a, int ctl, pid_t source_pid)
 	}
 	printf("checksum OK: the guest's RAM matches an unmigrated run\n");
 	vm_destroy(a->vm);
+	free(d.hot_map);
+	free(d.mc_vec);
 	if (d.up) {
 		upager_unmap(d.up, a->ram);
 		upager_store_release(d.remote);

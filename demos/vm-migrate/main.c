@@ -17,6 +17,7 @@
  * checksum check), mode "none" (no migration), and the run driver.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <getopt.h>
 #include <netdb.h>
@@ -28,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -76,6 +78,25 @@ void *map_anon(size_t len)
 		die("mmap %zu bytes: %s", len, strerror(errno));
 	madvise(p, len, MADV_HUGEPAGE);
 	return p;
+}
+
+int renice_background(struct app *a, int nice)
+{
+	DIR *dir = opendir("/proc/self/task");
+	if (!dir)
+		return 0;
+	int n = 0;
+	struct dirent *e;
+	while ((e = readdir(dir))) {
+		pid_t tid = (pid_t)atoi(e->d_name);
+		if (tid <= 0 || tid == getpid() ||
+		    (a->vm && vm_is_vcpu_thread(a->vm, tid)))
+			continue;
+		if (setpriority(PRIO_PROCESS, (id_t)tid, nice) == 0)
+			n++;
+	}
+	closedir(dir);
+	return n;
 }
 
 /* ---- progress accounting (vCPU threads) ---- */
@@ -394,6 +415,10 @@ static void usage(void)
 "  --max-dirty SIZE      precopy: stop iterating below this much dirty RAM (16M)\n"
 "  --no-kvm              run the guest program as host threads\n"
 "  --no-push             postcopy without the background push stream\n"
+"  --hot-sample MS       postcopy: log the guest's writes for MS ms before\n"
+"                        the switch and push those pages first (20; 0: off)\n"
+"  --bg-nice N           postcopy: once those pages are in, run the rest of\n"
+"                        the migration at nice N on both sides (5; 0: off)\n"
 "  --kill-source-after MS  run: SIGKILL the source MS after the switch\n"
 "  --csv FILE            append a summary row to FILE\n"
 "  --timeline FILE       append the progress timeline to FILE\n"
@@ -422,6 +447,7 @@ static void parse(int argc, char **argv, struct app *a, const char **role)
 		{ "no-push", 0, 0, 'N' }, { "kill-source-after", 1, 0, 'k' },
 		{ "csv", 1, 0, 'c' }, { "timeline", 1, 0, 't' },
 		{ "listen", 1, 0, 'l' }, { "connect", 1, 0, 'C' },
+		{ "hot-sample", 1, 0, 'S' }, { "bg-nice", 1, 0, 'B' },
 		{ "help", 0, 0, 'h' }, { 0, 0, 0, 0 },
 	};
 	struct opts *o = &a->o;
@@ -430,6 +456,7 @@ static void parse(int argc, char **argv, struct app *a, const char **role)
 		.page_size = 64 << 10, .migrate_after_ms = 1000,
 		.run_after_ms = 1000, .workers = 4, .hot_div = 8,
 		.pages_per_unit = 256, .max_passes = 8, .max_dirty = 16 << 20,
+		.hot_sample_ms = 20, .bg_nice = 5,
 	};
 	if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
 		usage();
@@ -451,6 +478,8 @@ static void parse(int argc, char **argv, struct app *a, const char **role)
 		case 'u': o->pages_per_unit = (unsigned)atoi(optarg); break;
 		case 'P': o->max_passes = (unsigned)atoi(optarg); break;
 		case 'D': o->max_dirty = parse_size(optarg); break;
+		case 'S': o->hot_sample_ms = (unsigned)atoi(optarg); break;
+		case 'B': o->bg_nice = atoi(optarg); break;
 		case 'n': o->no_kvm = true; break;
 		case 'N': o->no_push = true; break;
 		case 'k': o->kill_after_ms = (unsigned)atoi(optarg); break;
@@ -470,6 +499,8 @@ static void parse(int argc, char **argv, struct app *a, const char **role)
 	if (o->ram_size % o->page_size || o->ram_size > (3ull << 30) ||
 	    o->ram_size < (4u << 20))
 		die("--mem must be a multiple of the page size, 4M..3G");
+	if (o->bg_nice < 0 || o->bg_nice > 19)
+		die("--bg-nice must be 0..19");
 	if (!o->pages_per_unit || !o->hot_div)
 		die("--pages-per-unit and --hot-div must be positive");
 }

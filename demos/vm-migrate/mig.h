@@ -30,6 +30,10 @@ struct opts {
 	unsigned pages_per_unit;
 	unsigned max_passes;
 	size_t max_dirty;         /* precopy stops iterating below this */
+	unsigned hot_sample_ms;   /* postcopy: dirty-log window that finds
+				     the pages to push first (0: off) */
+	int bg_nice;              /* postcopy: nice of the migration's
+				     threads once the hot pages are in */
 	const char *csv;
 	const char *timeline;
 	const char *host;         /* dest: source host; source: bind address */
@@ -73,6 +77,10 @@ bool finish_guest(struct app *a, unsigned timeout_ms);
  * match. */
 bool check_checksums(struct app *a);
 void *map_anon(size_t len);
+/* Sets the nice value of every thread of this process but the main one
+ * and the running vCPUs to @nice (the rest of the push then yields the
+ * CPUs to the guest). Returns the threads changed. */
+int renice_background(struct app *a, int nice);
 void die(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
 
 int run_source(struct app *a, int ctl);

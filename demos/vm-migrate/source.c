@@ -6,8 +6,10 @@
  *  precopy    send all RAM while the guest runs with dirty logging on,
  *             resend what it dirtied until little is left (or max passes),
  *             pause, send the rest and the CPU state.
- *  postcopy   pause, send the CPU state only: the destination resumes at
- *             once and fetches pages from this process's page server.
+ *  postcopy   log the guest's writes for a short window (--hot-sample)
+ *             to learn its working set; pause, send the CPU state only:
+ *             the destination resumes at once and fetches pages from this
+ *             process's page server, which pushes the working set first.
  *  hybrid     one precopy pass, pause, send the CPU state and the map of
  *             pages dirtied since; the page server pushes only those.
  *
@@ -132,7 +134,8 @@ static unsigned precopy(int ctl, struct app *a, uint64_t *dirty, size_t words,
 	return pass;
 }
 
-/* Hybrid: one bit per install unit dirtied since the precopy pass. */
+/* One bit per install unit with a page set in @dirty (hybrid: dirtied
+ * since the precopy pass; postcopy: written in the sampling window). */
 static uint8_t *unit_map(struct app *a, const uint64_t *dirty, size_t *nunits)
 {
 	size_t per = a->o.page_size / GUEST_PAGE;
@@ -150,8 +153,70 @@ static uint8_t *unit_map(struct app *a, const uint64_t *dirty, size_t *nunits)
 	return m;
 }
 
+static uint64_t count_map(const uint8_t *m, size_t nbits)
+{
+	uint64_t n = 0;
+	for (size_t i = 0; i < nbits; i++)
+		n += (m[i / 8] >> (i % 8)) & 1;
+	return n;
+}
+
+/* Install units with a page set in @dirty. */
+static uint64_t count_units(struct app *a, const uint64_t *dirty)
+{
+	size_t per = a->o.page_size / GUEST_PAGE;
+	size_t n = a->o.ram_size / a->o.page_size;
+	uint64_t c = 0;
+	for (size_t u = 0; u < n; u++)
+		for (size_t k = 0; k < per; k++)
+			if (test_bit(dirty, u * per + k)) {
+				c++;
+				break;
+			}
+	return c;
+}
+
+/* Postcopy: the install units the guest writes now, from KVM's dirty log
+ * while it runs (NULL when off). The log is read every 10 ms and the
+ * union kept; sampling ends once the vCPUs have had --hot-sample ms of
+ * CPU time (not wall time: on a busy host a vCPU may not run at all for
+ * a while) and the last read added under 1/32 of the units found, or
+ * after 4 times that long in wall time. Every first write to a page
+ * after a read costs a write-protection fault, so the window is kept
+ * short; the log stays on until the pause, which follows at once. */
+static uint8_t *sample_hot(struct app *a, uint64_t *dirty, size_t words,
+			   struct stop_info *si)
+{
+	unsigned ms = a->o.hot_sample_ms;
+	if (!ms)
+		return NULL;
+	uint64_t t0 = now_ns(), cpu0 = vm_cpu_ns(a->vm);
+	uint64_t max_end = t0 + 4 * ms * 1000000ull;
+	if (vm_dirty_log(a->vm, true))
+		die("cannot enable dirty logging");
+	vm_dirty_fetch(a->vm, dirty); /* process backend: start clean */
+	memset(dirty, 0, words * 8);
+	for (uint64_t found = 0;;) {
+		sleep_ms(ms < 10 ? ms : 10);
+		if (vm_dirty_fetch(a->vm, dirty))
+			die("cannot read the dirty log");
+		uint64_t now = now_ns(), was = found;
+		bool ran = vm_cpu_ns(a->vm) - cpu0 >= ms * 1000000ull;
+		found = count_units(a, dirty);
+		if (now >= max_end || (ran && found - was <= found / 32))
+			break;
+	}
+	size_t n;
+	uint8_t *hot = unit_map(a, dirty, &n);
+	si->hot_len = (n + 7) / 8;
+	si->hot_units = count_map(hot, n);
+	si->hot_sample_ns = now_ns() - t0;
+	si->hot_cpu_ns = vm_cpu_ns(a->vm) - cpu0;
+	return hot;
+}
+
 static void send_stop(int ctl, struct app *a, struct stop_info *si,
-		      const uint8_t *map)
+		      const uint8_t *map, const uint8_t *hot)
 {
 	static char state[VM_STATE_MAX];
 	si->state_len = vm_save(a->vm, state);
@@ -159,7 +224,8 @@ static void send_stop(int ctl, struct app *a, struct stop_info *si,
 	size_t first = a->nsamples > 2000 ? a->nsamples - 2000 : 0;
 	si->nsamples = a->nsamples - first;
 	size_t slen = si->nsamples * sizeof(struct sample);
-	size_t len = sizeof(*si) + slen + si->state_len + si->map_len;
+	size_t len = sizeof(*si) + slen + si->state_len + si->map_len +
+		     si->hot_len;
 	char *buf = malloc(len);
 	if (!buf)
 		die("out of memory");
@@ -168,6 +234,8 @@ static void send_stop(int ctl, struct app *a, struct stop_info *si,
 	memcpy(buf + sizeof(*si) + slen, state, si->state_len);
 	if (map)
 		memcpy(buf + sizeof(*si) + slen + si->state_len, map, si->map_len);
+	if (hot)
+		memcpy(buf + len - si->hot_len, hot, si->hot_len);
 	si->t_stop_sent = now_ns();
 	memcpy(buf, si, sizeof(*si));
 	if (wire_send(ctl, M_STOP, 0, sent_bytes, buf, len))
@@ -218,11 +286,13 @@ int run_source(struct app *a, int ctl)
 	struct stop_info si = { .t_trigger = now_ns(), .units_trigger = total_units(a) };
 	size_t words = (o->ram_size / GUEST_PAGE + 63) / 64;
 	uint64_t *dirty = calloc(words, 8);
-	uint8_t *map = NULL;
+	uint8_t *map = NULL, *hot = NULL;
 	if (!dirty)
 		die("out of memory");
 	if (o->mode == MODE_PRECOPY || o->mode == MODE_HYBRID)
 		si.passes = precopy(ctl, a, dirty, words, o->mode == MODE_PRECOPY);
+	if (o->mode == MODE_POSTCOPY)
+		hot = sample_hot(a, dirty, words, &si);
 	vm_pause(a->vm);
 	si.t_pause = now_ns();
 	for (int i = 0; i < o->nvcpus; i++)
@@ -240,15 +310,33 @@ int run_source(struct app *a, int ctl)
 		rc = upager_page_server_set_push_map(srv, map, n);
 		if (rc)
 			die("set_push_map: %s", upager_strerror(rc));
+	} else if (hot) {
+		rc = upager_page_server_set_push_first(srv, hot,
+						       o->ram_size / o->page_size);
+		if (rc)
+			die("set_push_first: %s", upager_strerror(rc));
 	}
-	send_stop(ctl, a, &si, map);
+	send_stop(ctl, a, &si, map, hot);
 	sampler_stop(a); /* after the switch: joining it may take 10 ms */
 	printf("source: paused; CPU state sent %.3f ms after the pause\n",
 	       (double)(si.t_stop_sent - si.t_pause) / 1e6);
+	if (hot)
+		printf("source: %.1f ms of dirty log (guest ran %.1f ms) before "
+		       "the pause found %llu hot units of %zu\n",
+		       (double)si.hot_sample_ns / 1e6,
+		       (double)si.hot_cpu_ns / 1e6,
+		       (unsigned long long)si.hot_units,
+		       o->ram_size / o->page_size);
 
-	/* Serve pages until the destination is done with us. */
+	/* Serve pages until the destination is done with us. Once it has
+	 * the hot pages, the rest of the push yields the CPU to its guest. */
 	struct msg m;
-	rc = wire_recv(ctl, &m);
+	while ((rc = wire_recv(ctl, &m)) == 0 && m.type == M_HOT) {
+		int n = o->bg_nice ? renice_background(a, o->bg_nice) : 0;
+		if (n)
+			printf("source: hot pages in; %d threads now at nice "
+			       "%d\n", n, o->bg_nice);
+	}
 	if (srv) {
 		struct upager_page_server_stats ps;
 		upager_page_server_stats(srv, &ps);
@@ -257,6 +345,11 @@ int run_source(struct app *a, int ctl)
 		       (unsigned long long)ps.reads,
 		       (unsigned long long)ps.pushed_blocks,
 		       (unsigned long long)ps.restarts);
+		uint64_t first = 0;
+		upager_page_server_pushed_first(srv, &first);
+		if (hot)
+			printf("source: %llu blocks pushed ahead of the others "
+			       "(hot)\n", (unsigned long long)first);
 	}
 	upager_page_server_stop(srv);
 	if (plfd >= 0)
@@ -264,6 +357,7 @@ int run_source(struct app *a, int ctl)
 	vm_destroy(a->vm);
 	free(dirty);
 	free(map);
+	free(hot);
 	close(ctl);
 	if (rc || m.type != M_DONE) {
 		fprintf(stderr, "vm-migrate: source: the destination ended "

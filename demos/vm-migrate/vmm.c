@@ -24,6 +24,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "vmm.h"
@@ -40,6 +41,7 @@ struct vcpu {
 	bool running;
 	bool done;
 	bool step;               /* single-step armed */
+	_Atomic pid_t tid;       /* its thread while running, else 0 */
 	struct pw_state pw;      /* process backend */
 };
 
@@ -246,6 +248,7 @@ static void *kvm_vcpu_main(void *arg)
 {
 	struct vcpu *c = arg;
 	struct vm *vm = c->vm;
+	atomic_store(&c->tid, gettid());
 	if (c->step && arm_trampoline(c)) {
 		vm->hooks.failed(vm->hooks.arg, c->idx, "cannot arm the trap");
 		return NULL;
@@ -293,6 +296,7 @@ static void *pw_vcpu_main(void *arg)
 {
 	struct vcpu *c = arg;
 	struct vm *vm = c->vm;
+	atomic_store(&c->tid, gettid());
 	if (c->step) {
 		c->step = false;
 		vm->first(vm->first_arg);
@@ -415,9 +419,33 @@ int vm_pause(struct vm *vm)
 			pthread_kill(c->thr, KICK_SIGNAL);
 		}
 		pthread_join(c->thr, NULL);
+		atomic_store(&c->tid, 0);
 		c->running = false;
 	}
 	return 0;
+}
+
+uint64_t vm_cpu_ns(const struct vm *vm)
+{
+	uint64_t sum = 0;
+	for (int i = 0; i < vm->nvcpus; i++) {
+		const struct vcpu *c = &vm->vcpus[i];
+		clockid_t clk;
+		struct timespec ts;
+		if (!c->running || pthread_getcpuclockid(c->thr, &clk) ||
+		    clock_gettime(clk, &ts))
+			continue;
+		sum += (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+	}
+	return sum / (uint64_t)vm->nvcpus;
+}
+
+bool vm_is_vcpu_thread(const struct vm *vm, pid_t tid)
+{
+	for (int i = 0; i < vm->nvcpus; i++)
+		if (atomic_load(&vm->vcpus[i].tid) == tid)
+			return true;
+	return false;
 }
 
 bool vm_all_done(const struct vm *vm)

@@ -14,6 +14,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "guest.h"
 
@@ -45,6 +46,11 @@ int vm_resume(struct vm *vm);
 /* Stops every vCPU at an instruction boundary with its state complete,
  * and joins the vCPU threads. */
 int vm_pause(struct vm *vm);
+/* CPU time the running vCPU threads have used, in ns, averaged over
+ * the vCPUs (guest time included). */
+uint64_t vm_cpu_ns(const struct vm *vm);
+/* Whether @tid is the thread of one of the running vCPUs. */
+bool vm_is_vcpu_thread(const struct vm *vm, pid_t tid);
 /* Whether every vCPU ran its program to the end. */
 bool vm_all_done(const struct vm *vm);
 

@@ -20,8 +20,9 @@ enum {
 	M_PASS = 3,   /* src->dst: a = precopy pass ended, b = bytes;
 			 dst->src: the same a, once all of it arrived */
 	M_STOP = 4,   /* src->dst: struct stop_info, samples, CPU state,
-			 dirty map (hybrid) */
+			 dirty map (hybrid), hot map (postcopy) */
 	M_DONE = 5,   /* dst->src: the source may exit */
+	M_HOT = 6,    /* dst->src: every hot unit is installed (postcopy) */
 };
 
 struct msg {
@@ -58,6 +59,11 @@ struct stop_info {
 	uint64_t nsamples;
 	uint64_t state_len;
 	uint64_t map_len;     /* hybrid: dirty map bytes (one bit per unit) */
+	uint64_t hot_len;     /* postcopy: hot map bytes (one bit per unit),
+				 after the dirty map */
+	uint64_t hot_units;   /* postcopy: bits set in the hot map */
+	uint64_t hot_sample_ns; /* postcopy: length of the sampling window */
+	uint64_t hot_cpu_ns;  /* postcopy: vCPU time in that window */
 	uint32_t units_pause[8]; /* each vCPU's work units when paused */
 };
 
