@@ -4,8 +4,10 @@
  * One runtime with default options, one region over the whole file with
  * the engine's install unit. Cold workloads read from a file store
  * (buffered, or O_DIRECT for the -direct engines); the warm workload reads
- * from a custom store whose read callback copies from a malloc'ed copy of
- * the file, so that only the fault path is measured.
+ * from a custom store over a malloc'ed copy of the file, so that only the
+ * fault path is measured: its map callback hands upager the copy itself,
+ * which is installed from directly (read, copying into upager's buffer,
+ * is there only as the fallback the API requires).
  *
  * Advice follows what the application knows, as mmap-seq and mmap-rand
  * get theirs: seq and warm advise SEQUENTIAL, rand and rand-hinted
@@ -46,6 +48,17 @@ static int copy_read(void *ctx, void *buf, size_t len, uint64_t offset)
 	return 0;
 }
 
+/* Zero-copy: upager installs straight from the copy (raw-uffd's one
+ * copy per page). Past the copy's end it declines: read pads with zeros. */
+static const void *copy_map(void *ctx, size_t len, uint64_t offset)
+{
+	const struct mem_copy *c = ctx;
+
+	if (offset > c->size || c->size - offset < len)
+		return NULL;
+	return c->data + offset;
+}
+
 static int copy_size(void *ctx, uint64_t *size)
 {
 	*size = ((const struct mem_copy *)ctx)->size;
@@ -69,6 +82,7 @@ static int open_store(const struct engine *e, const struct run_spec *s,
 	static const struct upager_store_ops ops = {
 		.read = copy_read,
 		.size = copy_size,
+		.map = copy_map,
 	};
 	int err;
 

@@ -197,6 +197,21 @@ struct upager_store_ops {
 	int (*size)(void *ctx, uint64_t *size);
 	/* Optional. Called once when the last reference is released. */
 	void (*release)(void *ctx);
+	/* Optional: zero-copy reads, for a store whose bytes are already in
+	 * this process's memory. Return a pointer to the @len bytes of the
+	 * store at @offset (the ranges read would be asked for), or NULL to
+	 * have those bytes read with read instead, as if map were absent;
+	 * NULL is not an error, and map may decline some offsets and serve
+	 * others. upager installs the faulting pages straight from the
+	 * pointer (the kernel's one copy) and never writes through it.
+	 * The bytes must stay readable, and unchanged except through this
+	 * store's own write callback, for as long as a region uses the store
+	 * (until the last upager_unmap over it returns or release is called):
+	 * upager copies from them after map returns and does not say when it
+	 * is done. (upager never writes back a unit while it installs that
+	 * same unit.) Called from several worker threads at once, like read:
+	 * it must be thread-safe and should not block. */
+	const void *(*map)(void *ctx, size_t len, uint64_t offset);
 };
 
 /*! upager_store_custom() :
