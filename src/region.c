@@ -83,11 +83,13 @@ bool upager__table_remove(struct upager__space *sp, struct upager__region *r)
 
 void upager__region_put(struct upager__region *r)
 {
+	/* Read before letting go: once only one reference is left, an
+	 * unmap that sees it may free r at once. */
+	upager_t *up = r->up;
 	if (atomic_fetch_sub(&r->refs, 1) != 2)
 		return;
 	/* Only the table's (or the unmapper's) reference is left: wake an
 	 * unmap waiting for in-flight work to drain. */
-	upager_t *up = r->up;
 	pthread_mutex_lock(&up->unmap_lock);
 	pthread_cond_broadcast(&up->unmap_cv);
 	pthread_mutex_unlock(&up->unmap_lock);
