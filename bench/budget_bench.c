@@ -13,9 +13,10 @@
  * store against mmap(MAP_SHARED) of the same file, each in a v1 memory
  * cgroup limited to the budget (upager's own max_resident is the limit
  * minus --headroom, so the whole process, page cache included, fits the
- * same limit). Workloads: random read/write of 4 KiB pages, then a
- * sequential write of the whole file, each ending with upager_flush or
- * msync(MS_SYNC), which is timed.
+ * same limit; its install unit is --file-page-size, 4 KiB by default).
+ * Workloads: random read/write of 4 KiB pages, then a sequential write of
+ * the whole file, each ending with upager_flush or msync(MS_SYNC), which
+ * is timed.
  *
  * Every side runs in its own child process, so one side's memory never
  * helps the other. Both sides see the same data (text-like pages built from
@@ -66,7 +67,7 @@
 struct opts {
 	uint64_t budget, size;
 	uint64_t ops, file_ops;
-	size_t page, seq_page, readahead;
+	size_t page, seq_page, file_page, readahead;
 	uint64_t headroom;
 	unsigned workers;
 	const char *dir;
@@ -81,6 +82,7 @@ static struct opts O = {
 	.file_ops = 40000,
 	.page = PG,
 	.seq_page = 64 * KIB,
+	.file_page = PG,
 	.readahead = 1 * MIB,
 	.headroom = UINT64_MAX, /* auto: budget / 8, at most 32 MiB */
 	.dir = "/var/tmp",
@@ -99,6 +101,8 @@ static void usage(FILE *f)
 "  --file-ops N       random page reads/writes, file comparison (40000)\n"
 "  --page BYTES       upager install unit for random access (4K)\n"
 "  --seq-page BYTES   upager install unit for sequential access (64K)\n"
+"  --file-page-size BYTES\n"
+"                     upager install unit, file comparison (4K)\n"
 "  --readahead BYTES  upager readahead while scanning (1M)\n"
 "  --headroom BYTES   file comparison: upager's budget is the cgroup\n"
 "                     limit minus this, for its page cache and buffers\n"
@@ -148,6 +152,7 @@ static void parse_opts(int argc, char **argv)
 		{ "file-ops", required_argument, 0, 'O' },
 		{ "page", required_argument, 0, 'p' },
 		{ "seq-page", required_argument, 0, 'P' },
+		{ "file-page-size", required_argument, 0, 'F' },
 		{ "readahead", required_argument, 0, 'r' },
 		{ "headroom", required_argument, 0, 'H' },
 		{ "direct", no_argument, 0, 'D' },
@@ -170,6 +175,7 @@ static void parse_opts(int argc, char **argv)
 		case 'O': ok = parse_size(optarg, &O.file_ops); break;
 		case 'p': ok = parse_size(optarg, &v); O.page = v; break;
 		case 'P': ok = parse_size(optarg, &v); O.seq_page = v; break;
+		case 'F': ok = parse_size(optarg, &v); O.file_page = v; break;
 		case 'r': ok = parse_size(optarg, &v); O.readahead = v; break;
 		case 'H': ok = parse_size(optarg, &O.headroom); break;
 		case 'D': O.direct = true; break;
@@ -204,7 +210,7 @@ static void parse_opts(int argc, char **argv)
 	if (optind < argc || O.size < 16 * PG || O.budget < 4 * PG ||
 	    O.budget >= O.size || O.ops == 0 || O.file_ops == 0 ||
 	    O.headroom >= O.budget || !unit_ok(O.page) ||
-	    !unit_ok(O.seq_page)) {
+	    !unit_ok(O.seq_page) || !unit_ok(O.file_page)) {
 		fprintf(stderr, "upager-budget-bench: inconsistent options "
 			"(need budget < size, headroom < budget, page a "
 			"power of two dividing size)\n");
@@ -1195,11 +1201,11 @@ static void compare_file(void)
 	bool kpos = kernel_possible(why, sizeof(why));
 	uint64_t ubudget = kpos ? O.budget - O.headroom : O.budget;
 	note("== writable file: %" PRIu64 " MiB file in %s; upager WRITEBACK "
-	     "region (file store%s, budget %" PRIu64 " MiB%s) vs mmap "
-	     "MAP_SHARED in a cgroup limited to %" PRIu64 " MiB",
-	     O.size >> 20, O.dir, O.direct ? ", O_DIRECT reads" : "",
-	     ubudget >> 20, kpos ? ", in a cgroup of the same limit" : "",
-	     O.budget >> 20);
+	     "region (file store%s, %zu KiB units, budget %" PRIu64
+	     " MiB%s) vs mmap MAP_SHARED in a cgroup limited to %" PRIu64
+	     " MiB", O.size >> 20, O.dir, O.direct ? ", O_DIRECT reads" : "",
+	     O.file_page >> 10, ubudget >> 20,
+	     kpos ? ", in a cgroup of the same limit" : "", O.budget >> 20);
 
 	int rc = make_file(path);
 	if (rc) {
@@ -1211,7 +1217,7 @@ static void compare_file(void)
 	const char *ucg = NULL;
 	if (kpos)
 		ucg = cg_create(1, O.budget, why, sizeof(why));
-	struct up_args ua = { .lz4 = false, .page = PG, .path = path,
+	struct up_args ua = { .lz4 = false, .page = O.file_page, .path = path,
 			      .cg = ucg,
 			      .budget = ubudget };
 	bool u_ok = run_child(upager_side, &ua, &u);
@@ -1268,10 +1274,13 @@ static void compare_file(void)
 	}
 	if (!u_ok)
 		return;
-	row("file", "random r/w + flush", "pages/s", &u.ph[PH_RAND],
-	    &k.ph[PH_RAND], k_ok, NULL);
-	row("file", "seq write + flush", "MB/s", &u.ph[PH_SEQ], &k.ph[PH_SEQ],
-	    k_ok, NULL);
+	char wr[48], ws[48];
+	snprintf(wr, sizeof(wr), "random r/w + flush (%zuK unit)",
+		 O.file_page >> 10);
+	snprintf(ws, sizeof(ws), "seq write + flush (%zuK unit)",
+		 O.file_page >> 10);
+	row("file", wr, "pages/s", &u.ph[PH_RAND], &k.ph[PH_RAND], k_ok, NULL);
+	row("file", ws, "MB/s", &u.ph[PH_SEQ], &k.ph[PH_SEQ], k_ok, NULL);
 	if (!O.csv)
 		printf("\n");
 }

@@ -209,6 +209,7 @@ struct upager__pf {
 	struct upager__region *r;
 	size_t first;
 	uint32_t count;
+	bool write;      /* ahead of a write stream: install writable, dirty */
 };
 
 #define UPAGER__PF_CHUNK 256u
@@ -306,6 +307,9 @@ int upager__uffd_register_mode(int fd, uintptr_t base, size_t len,
 			       uint64_t mode) UPAGER__HIDDEN;
 int upager__uffd_writeprotect(int fd, uintptr_t base, size_t len,
 			      bool protect) UPAGER__HIDDEN;
+/* Un-protects without waking the range's waiters (the caller wakes them
+ * once its state says the pages are writable). */
+int upager__uffd_unprotect_nowake(int fd, uintptr_t base, size_t len) UPAGER__HIDDEN;
 /* Moves len bytes of pages from src to dst (holes allowed); *done gets
  * the bytes handled. */
 int upager__uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len,

@@ -19,6 +19,9 @@
  *  - UNMAP: the application unmapped region memory itself; stop tracking.
  *  - REMAP: a whole region moved: follow it; a partial move: the moved
  *    part is no longer ours (faults there get SIGBUS).
+ *  - PAGEFAULT with the write-protect flag: the unit becomes dirty and
+ *    writable; on a sequential write stream, so do the clean units ahead
+ *    of it (see "Write streams" below).
  * Reading the message is what lets the kernel finish the madvise/munmap/
  * mremap and lets installs stop failing with EAGAIN, so non-fault events
  * are handled inline, never queued.
@@ -38,13 +41,22 @@
 #include "internal.h"
 
 #define BATCH 64
+/* Largest prefetch batch in a region under a budget: a worker checks for
+ * room once per batch it installs, so a batch is what an install can go
+ * over the budget by; the write-back thread evicts in batches of as many
+ * units. */
+#define PF_CHUNK_BUDGET 64u
 
-size_t upager__prefetch(upager_t *up, struct upager__region *r, size_t first,
-			size_t count, bool wait)
+/* upager__prefetch(); write: the units are ahead of a write stream and go
+ * in writable and dirty. */
+static size_t prefetch_run(upager_t *up, struct upager__region *r,
+			   size_t first, size_t count, bool wait, bool write)
 {
 	size_t queued = 0, end = first + count;
 	if (end > r->nunits)
 		end = r->nunits;
+	uint32_t chunk = r->budget_units || up->budget_units_4k ?
+			 PF_CHUNK_BUDGET : UPAGER__PF_CHUNK;
 	size_t u = first;
 	while (u < end && !atomic_load(&r->dead)) {
 		/* Gather up to one chunk of EMPTY units, starting at the
@@ -53,8 +65,9 @@ size_t upager__prefetch(upager_t *up, struct upager__region *r, size_t first,
 			u++;
 		if (u == end)
 			break;
-		struct upager__pf pf = { .r = r, .first = u, .count = 0 };
-		while (u < end && pf.count < UPAGER__PF_CHUNK &&
+		struct upager__pf pf = { .r = r, .first = u, .count = 0,
+					 .write = write };
+		while (u < end && pf.count < chunk &&
 		       unit_cas(r->state, u, UNIT_EMPTY, UNIT_QUEUED)) {
 			pf.count++;
 			u++;
@@ -82,6 +95,12 @@ size_t upager__prefetch(upager_t *up, struct upager__region *r, size_t first,
 		queued += pf.count;
 	}
 	return queued;
+}
+
+size_t upager__prefetch(upager_t *up, struct upager__region *r, size_t first,
+			size_t count, bool wait)
+{
+	return prefetch_run(up, r, first, count, wait, false);
 }
 
 struct mgr {
@@ -149,13 +168,43 @@ void upager__manager_defer(upager_t *up, const struct upager__req *j)
 		upager__region_put(j->r); /* cannot happen: see cap */
 }
 
-/* Readahead on a sequential stream: queue the window beyond unit u. */
-static void readahead(upager_t *up, struct upager__region *r, size_t u)
+/*
+ * Write streams.
+ *
+ * In a write-protected region every unit a read fault or readahead installs
+ * is protected, so a program writing sequentially would pay two round trips
+ * per unit: a missing fault (or none, where readahead came first) and then
+ * a write-protect fault. So when a fault that continues a sequential stream
+ * is a write (a write to a missing page, or any write-protect fault), the
+ * stream is taken for a write stream, and
+ *  - the readahead it queues goes in writable and already dirty, as the
+ *    faulting unit itself does (prefetch jobs with `write` set), and
+ *  - on a write-protect fault, the clean present units right after the
+ *    faulting one are marked dirty and un-protected together with it, in
+ *    one UFFDIO_WRITEPROTECT.
+ * What it costs: a unit marked dirty ahead of the writer that the writer
+ * never reaches (the stream stops, or turns back) is written back anyway,
+ * its own bytes again, and an eviction must write it before dropping it.
+ * That is bounded: a fault marks at most one write window past itself (the
+ * readahead window, and at most a quarter of the budget, so that units
+ * written ahead never crowd out the rest of the budget), the next window
+ * only when the writer comes back with another fault, and never a unit
+ * past the end of a file store (writing it back would grow the file by
+ * bytes nobody wrote). A read stream marks nothing: a read fault is never
+ * taken for a write.
+ */
+
+/* The readahead window of r under advice adv, in units (0: none). Under a
+ * budget it is at most a quarter of it (of the region's, and of the
+ * runtime's): a window as large as the budget would have the write-back
+ * thread evict units read ahead before they are used, and installs outrun
+ * eviction; a write stream's window (all of it dirty) would crowd out the
+ * rest of the budget. */
+static size_t ra_window(const struct upager__region *r, int adv)
 {
-	int adv = atomic_load_explicit(&r->advice, memory_order_relaxed);
 	size_t win = r->ra_units;
 	if (adv == UPAGER_ADV_RANDOM)
-		return;
+		return 0;
 	if (adv == UPAGER_ADV_SEQUENTIAL) {
 		/* At least 16 MiB (and two units) ahead. */
 		size_t seq_win = (16u << 20) >> r->page_shift;
@@ -164,8 +213,51 @@ static void readahead(upager_t *up, struct upager__region *r, size_t u)
 		if (win < seq_win)
 			win = seq_win;
 	}
+	if (r->budget_units && win > r->budget_units / 4)
+		win = r->budget_units / 4;
+	uint64_t g = r->up->budget_units_4k >> (r->page_shift - 12);
+	if (r->up->budget_units_4k && win > g / 4)
+		win = (size_t)(g / 4);
+	return win;
+}
+
+/* Units of r that lie wholly inside its store as it is now (only those may
+ * be marked dirty before they are written). A file's size is one fstat();
+ * a custom store's size callback might block and is not called here: its
+ * region's length is the limit. */
+static size_t stored_units(const struct upager__region *r)
+{
+	if (r->store->kind != UPAGER__STORE_FILE)
+		return r->nunits;
+	uint64_t size;
+	if (upager__store_size(r->store, &size) || size <= r->offset)
+		return 0;
+	uint64_t n = (size - r->offset) >> r->page_shift;
+	return n < r->nunits ? (size_t)n : r->nunits;
+}
+
+/* Queues units [a, b) of r for prefetch: those before wend for writing
+ * (see "Write streams"), the rest for reading. */
+static void queue_span(upager_t *up, struct upager__region *r, size_t a,
+		       size_t b, size_t wend)
+{
+	size_t w = wend < a ? a : (wend > b ? b : wend);
+	if (w > a)
+		prefetch_run(up, r, a, w - a, false, true);
+	if (b > w)
+		prefetch_run(up, r, w, b - w, false, false);
+}
+
+/* Readahead on a sequential stream: queue the window beyond unit u; write:
+ * the fault is a write. Returns the end of the stretch after u that the
+ * write stream may mark dirty (u + 1: none, or not a write stream). */
+static size_t readahead(upager_t *up, struct upager__region *r, size_t u,
+			bool write)
+{
+	int adv = atomic_load_explicit(&r->advice, memory_order_relaxed);
+	size_t win = ra_window(r, adv);
 	if (win == 0)
-		return;
+		return u + 1;
 	/* Sequential: the next unit, or a unit inside the window already
 	 * queued (the application caught up with it). */
 	bool seq = adv == UPAGER_ADV_SEQUENTIAL ||
@@ -173,23 +265,37 @@ static void readahead(upager_t *up, struct upager__region *r, size_t u)
 		   (u > r->last_fault && u <= r->ra_next);
 	r->last_fault = u;
 	if (!seq)
-		return;
+		return u + 1;
+	size_t wend = u + 1;
+	/* Only where dirty units can be written back: elsewhere a unit
+	 * marked dirty could never be evicted. */
+	if (write && r->writeback) {
+		size_t lim = stored_units(r);
+		wend += win;
+		if (wend > lim)
+			wend = lim > u + 1 ? lim : u + 1;
+	}
 	size_t start = u + 1 > r->ra_next ? u + 1 : r->ra_next;
 	size_t end = u + 1 + win;
 	if (end > r->nunits)
 		end = r->nunits;
 	if (start >= end)
-		return;
+		return wend;
 	/* Asynchronous readahead: the unit halfway through what is newly
 	 * queued is left out. The application faults there while half of
 	 * the window is still ahead of it, and that fault queues the next
 	 * stretch, so reads keep running ahead of a sequential reader
-	 * instead of it stalling at the end of every window. */
-	size_t mark = end - start >= 4 ? start + (end - start) / 2 : end;
-	upager__prefetch(up, r, start, mark - start, false);
+	 * instead of it stalling at the end of every window. A short
+	 * stretch gets no such unit: the stream faults often enough without
+	 * it (a writer meeting clean units it must un-protect), and each
+	 * left-out unit would cost one more read the stream waits for. */
+	size_t n = end - start;
+	size_t mark = n >= 4 && n >= win / 4 ? start + n / 2 : end;
+	queue_span(up, r, start, mark, wend);
 	if (mark + 1 < end)
-		upager__prefetch(up, r, mark + 1, end - mark - 1, false);
+		queue_span(up, r, mark + 1, end, wend);
 	r->ra_next = end;
+	return wend;
 }
 
 /* Accounting for a PRESENT unit (old byte b) that is no longer there. */
@@ -200,33 +306,74 @@ static void unit_forgotten(struct upager__region *r, uint8_t b)
 		atomic_fetch_sub(&r->dirty, 1);
 }
 
-/* A write to a write-protected page: the unit becomes dirty and writable.
- * While the write-back thread owns the unit the thread waits for it. */
-static void on_wp_fault(struct upager__space *sp, struct upager__region *r,
-			size_t u)
+/* Takes the PRESENT clean unit v for the manager alone while it is made
+ * dirty and writable: it becomes FETCHING with DIRTY set. FETCHING keeps
+ * the write-back thread from claiming it meanwhile (a claim, write-back
+ * and re-protection just before the un-protect would leave the unit
+ * writable and clean: later writes would never be seen), and no worker
+ * touches a unit it did not fetch itself. False if v is not PRESENT and
+ * clean. */
+static bool hold_clean(struct upager__region *r, size_t v)
+{
+	uint8_t b = unit_byte(r->state, v);
+	if ((b & UNIT_STATE) != UNIT_PRESENT || (b & UNIT_DIRTY))
+		return false;
+	uint8_t nb = (uint8_t)((b & ~UNIT_STATE) | UNIT_FETCHING | UNIT_DIRTY);
+	return __atomic_compare_exchange_n(&r->state[v], &b, nb, false,
+					   __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+
+/* Ends hold_clean(): the unit is PRESENT and counted dirty. */
+static void release_dirty(struct upager__region *r, size_t v)
+{
+	if (unit_cas(r->state, v, UNIT_FETCHING, UNIT_PRESENT))
+		atomic_fetch_add(&r->dirty, 1);
+}
+
+/* A write to a write-protected page: the unit becomes dirty and writable,
+ * and on a write stream the clean units after it as well. While the
+ * write-back thread owns the unit the thread waits for it. */
+static void on_wp_fault(upager_t *up, struct upager__space *sp,
+			struct upager__region *r, size_t u)
 {
 	uintptr_t ua = r->base + (u << r->page_shift);
+	bool held = false, here = false;
 	for (;;) {
 		uint8_t b = unit_byte(r->state, u), s = b & UNIT_STATE;
 		if (s == UNIT_BUSY)
 			return;
 		if (s != UNIT_PRESENT && s != UNIT_FETCHING)
 			break; /* gone meanwhile: let it fault again */
+		here = true;
 		if (b & UNIT_DIRTY)
 			break;
+		if (s == UNIT_PRESENT) {
+			if ((held = hold_clean(r, u)))
+				break;
+			continue;
+		}
 		/* FETCHING: the install is waking its waiters and has not
 		 * yet marked the unit PRESENT; the flag travels with it and
 		 * the worker counts it. */
-		if (unit_update(r->state, u, s, s, UNIT_DIRTY, 0)) {
-			if (s == UNIT_PRESENT)
-				atomic_fetch_add(&r->dirty, 1);
+		if (unit_update(r->state, u, s, s, UNIT_DIRTY, 0))
 			break;
-		}
 	}
-	/* Un-protecting wakes the waiters; a page no longer there is not
-	 * protected, so wake explicitly too. */
-	if (upager__uffd_writeprotect(sp->uffd, ua, r->page_size, false))
-		upager__uffd_wake(sp->uffd, ua, r->page_size);
+	size_t n = 1;
+	if (here) {
+		size_t wend = readahead(up, r, u, true);
+		while (u + n < wend && hold_clean(r, u + n))
+			n++;
+	}
+	/* Un-protected without waking, then the held units are PRESENT and
+	 * dirty, then the waiters wake: a writer that returns and flushes
+	 * finds its unit dirty. A page no longer there is not protected;
+	 * the wake releases its waiters too. */
+	upager__uffd_unprotect_nowake(sp->uffd, ua, n << r->page_shift);
+	if (held)
+		release_dirty(r, u);
+	for (size_t v = u + 1; v < u + n; v++)
+		release_dirty(r, v);
+	upager__uffd_wake(sp->uffd, ua, n << r->page_shift);
 }
 
 static bool page_resident(uintptr_t page)
@@ -258,7 +405,7 @@ static void on_fault(struct mgr *m, struct upager__space *sp,
 	size_t u = (addr - r->base) >> r->page_shift;
 	uint64_t flags = msg->arg.pagefault.flags;
 	if (flags & UFFD_PAGEFAULT_FLAG_WP) {
-		on_wp_fault(sp, r, u);
+		on_wp_fault(up, sp, r, u);
 		return;
 	}
 	bool write = flags & UFFD_PAGEFAULT_FLAG_WRITE;
@@ -272,7 +419,7 @@ static void on_fault(struct mgr *m, struct upager__space *sp,
 					 UNIT_GHOST))
 				continue;
 			queue_demand(m, r, u, now, tid, write);
-			readahead(up, r, u);
+			readahead(up, r, u, write);
 			return;
 		}
 		if (s == UNIT_BUSY) {
@@ -290,7 +437,7 @@ static void on_fault(struct mgr *m, struct upager__space *sp,
 		if (s == UNIT_FETCHING) {
 			/* The install in flight wakes us; keep the stream's
 			 * readahead going. */
-			readahead(up, r, u);
+			readahead(up, r, u, write);
 			return;
 		}
 		/* PRESENT: a racing install already woke this thread, or

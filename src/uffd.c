@@ -133,6 +133,15 @@ int upager__uffd_writeprotect(int fd, uintptr_t base, size_t len,
 	return ioctl(fd, UFFDIO_WRITEPROTECT, &wp) ? -errno : 0;
 }
 
+int upager__uffd_unprotect_nowake(int fd, uintptr_t base, size_t len)
+{
+	struct uffdio_writeprotect wp = {
+		.range = { .start = base, .len = len },
+		.mode = UFFDIO_WRITEPROTECT_MODE_DONTWAKE,
+	};
+	return ioctl(fd, UFFDIO_WRITEPROTECT, &wp) ? -errno : 0;
+}
+
 static size_t clamp_done(int64_t v)
 {
 	return v > 0 ? (size_t)v : 0;

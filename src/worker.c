@@ -571,7 +571,8 @@ static bool fill(struct upager__worker *w)
 				maxn /= 2;
 			if (!can_start(w, r, pf->first, maxn))
 				return true; /* the batch waits for a slot */
-			struct upager__req j = { .r = r, .unit = pf->first };
+			struct upager__req j = { .r = r, .unit = pf->first,
+						 .write = pf->write };
 			/* A fault may have promoted a unit meanwhile, or a
 			 * REMOVE dropped it: then it is not ours, and the
 			 * run stops before it. */

@@ -25,6 +25,13 @@
  *    them, and a later flush stores them once writes succeed.
  *  - UPAGER_ADV_DONTNEED writes back before dropping; UPAGER_ADV_DISCARD
  *    drops the writes; upager_unmap and upager_destroy write back.
+ *  - Write streams (src/manager.c): a sequential writer over a region four
+ *    times its budget takes less than one fault per unit (readahead goes in
+ *    writable and dirty, a write-protect fault un-protects the clean units
+ *    ahead), stays within the budget, and after upager_flush the file holds
+ *    exactly what was written. A sequential read scan marks nothing dirty
+ *    and writes nothing back; a write stream that reaches the end of the
+ *    file does not grow it.
  *  - Bad input gets -EINVAL before anything changes.
  *
  * Data written is text-like (words from a small list) so that the lz4
@@ -40,6 +47,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -890,6 +898,243 @@ static void test_flush_durable_after_write_fault(void **state)
 	mem_store_free(&ms);
 }
 
+/* ---- write streams ---- */
+
+/* Maps a WRITEBACK region of len bytes over the writable file at path,
+ * with readahead ra and budget len / 4. */
+static uint8_t *map_stream(upager_t *up, const char *path, size_t len,
+			   size_t page, size_t ra)
+{
+	upager_store_t *s = tu_store_file(path, UPAGER_STORE_WRITABLE);
+	struct upager_map_opts o = { .page_size = page, .readahead = ra,
+				     .flags = UPAGER_MAP_WRITEBACK,
+				     .max_resident = len / 4 };
+	void *addr = NULL;
+	int rc = upager_map(up, s, 0, len, &o, &addr);
+	upager_store_release(s);
+	if (rc == -EOPNOTSUPP)
+		tu_skip("userfaultfd write-protection unavailable: %s",
+			upager_strerror(rc));
+	if (rc)
+		fail_msg("upager_map(len %zu, page %zu): %d (%s)", len, page,
+			 rc, upager_strerror(rc));
+	return addr;
+}
+
+/* A sequential writer over a region four times its budget: every byte
+ * written once, front to back, in 512-byte stores (so a unit takes many
+ * stores). advice: UPAGER_ADV_NORMAL (the stream is found from the faults
+ * and the map's readahead window) or UPAGER_ADV_SEQUENTIAL. */
+static void seq_write_run(size_t page, int advice)
+{
+	size_t len = 32 * TU_MIB, units = len / page, budget = len / 4;
+	char name[64];
+	snprintf(name, sizeof(name), "seqw-%zu-%d.dat", page, advice);
+	const char *path = tu_make_file(name, len);
+	/* Readahead is installed in batches of up to BATCH_UNITS, each
+	 * checked against the budget once: with two workers, two batches at
+	 * most are on their way in above it. */
+	struct upager_config cfg = { .workers = 2 };
+	upager_t *up = tu_runtime(&cfg);
+	/* A window of 64 units or 256 KiB, whichever is more. */
+	size_t ra = 64 * page > 256 * TU_KIB ? 64 * page : 256 * TU_KIB;
+	uint8_t *a = map_stream(up, path, len, page, ra);
+	TU_OK(upager_advise(up, a, len, advice));
+	uint8_t *want = xmalloc(len);
+	uint64_t rng = 4242 + page;
+	fill_text(want, len, &rng);
+
+	/* The budget is checked with the map's own window only: with
+	 * UPAGER_ADV_SEQUENTIAL a quarter of the budget is read ahead, and
+	 * when eviction lags (a loaded machine, a sanitizer build) a worker
+	 * installs after waiting 50 ms for room (design.md section 8), so
+	 * no bound holds whatever the load. */
+	bool watch = advice == UPAGER_ADV_NORMAL;
+	struct monitor m;
+	if (watch)
+		monitor_start(&m, up, a, NULL);
+	for (size_t off = 0; off < len; off += 512)
+		memcpy(a + off, want + off, 512);
+	if (watch)
+		monitor_check(&m, budget + 2 * BATCH_UNITS * page,
+			      "sequential write");
+	struct upager_stats st = tu_stats(up, a);
+	tu_print_stats("sequential write", &st);
+	/* Without write streams every unit costs at least one fault (a
+	 * missing write fault, or a write-protect fault on a unit read
+	 * ahead), most of them two. How far below one per unit depends on
+	 * how far readahead keeps ahead, so only that is checked here; the
+	 * un-protected window is checked exactly by seq_write_window. */
+	if (st.faults >= units)
+		fail_msg("%llu faults for %zu units written in order: the "
+			 "write stream was not followed",
+			 (unsigned long long)st.faults, units);
+	assert_true(st.evictions > 0);
+
+	TU_OK(upager_flush(up, a, len));
+	st = tu_stats(up, a);
+	assert_int_equal(st.dirty_units, 0);
+	/* Every unit was written, so every unit was written back. */
+	assert_true(st.writebacks >= units);
+	child_compare(path, want, len, 0);
+	assert_same(a, want, len, "region after flush");
+	TU_OK(upager_unmap(up, a));
+	upager_destroy(up);
+	uint8_t *got = xmalloc(len);
+	pread_all(path, got, len, 0);
+	assert_same(got, want, len, "file after unmap");
+	free(got);
+	free(want);
+}
+
+static void test_seq_write_4k(void **state)
+{
+	(void)state;
+	seq_write_run(4 * TU_KIB, UPAGER_ADV_NORMAL);
+}
+
+static void test_seq_write_4k_advised(void **state)
+{
+	(void)state;
+	seq_write_run(4 * TU_KIB, UPAGER_ADV_SEQUENTIAL);
+}
+
+static void test_seq_write_64k(void **state)
+{
+	(void)state;
+	seq_write_run(64 * TU_KIB, UPAGER_ADV_NORMAL);
+}
+
+/* Units all present and clean (read first), then written in order: each
+ * write-protect fault un-protects the clean units after it up to the end
+ * of the readahead window (64 units), so the writer takes one fault per
+ * window instead of one per unit. Nothing is fetched meanwhile, so the
+ * count does not depend on timing. */
+static void test_seq_write_window(void **state)
+{
+	(void)state;
+	size_t page = 4 * TU_KIB, len = 4 * TU_MIB, units = len / page;
+	const char *path = tu_make_file("seqw-window.dat", len);
+	upager_t *up = tu_runtime(NULL);
+	upager_store_t *s = tu_store_file(path, UPAGER_STORE_WRITABLE);
+	struct upager_map_opts o = { .page_size = page,
+				     .readahead = 64 * page,
+				     .flags = UPAGER_MAP_WRITEBACK };
+	uint8_t *a = NULL;
+	int rc = upager_map(up, s, 0, len, &o, (void **)&a);
+	upager_store_release(s);
+	if (rc == -EOPNOTSUPP)
+		tu_skip("userfaultfd write-protection unavailable: %s",
+			upager_strerror(rc));
+	TU_OK(rc);
+	TU_OK(upager_advise(up, a, len, UPAGER_ADV_WILLNEED));
+	uint8_t *want = xmalloc(len);
+	tu_fill(want, 0, len);
+	assert_same(a, want, len, "region read first");
+	struct upager_stats st0 = tu_stats_settled(up, a);
+	assert_int_equal(st0.resident_bytes, len);
+	assert_int_equal(st0.dirty_units, 0);
+
+	uint64_t rng = 5;
+	fill_text(want, len, &rng);
+	for (size_t off = 0; off < len; off += 512)
+		memcpy(a + off, want + off, 512);
+	struct upager_stats st1 = tu_stats(up, a);
+	uint64_t wp = st1.faults - st0.faults;
+	printf("  %llu write-protect faults for %zu units\n",
+	       (unsigned long long)wp, units);
+	if (wp > units / 32)
+		fail_msg("%llu write-protect faults for %zu clean units "
+			 "written in order (one per 64-unit window expected)",
+			 (unsigned long long)wp, units);
+	assert_int_equal(st1.dirty_units, units);
+	TU_OK(upager_flush(up, a, len));
+	assert_int_equal(tu_stats(up, a).writebacks, units);
+	child_compare(path, want, len, 0);
+	TU_OK(upager_unmap(up, a));
+	upager_destroy(up);
+	free(want);
+}
+
+/* A sequential read scan over the same kind of region is not a write
+ * stream: nothing becomes dirty, nothing is written back, though the
+ * budget evicts most of what was read. */
+static void seq_read_run(int advice)
+{
+	size_t page = 4 * TU_KIB, len = 32 * TU_MIB;
+	char name[64];
+	snprintf(name, sizeof(name), "seqr-%d.dat", advice);
+	const char *path = tu_make_file(name, len);
+	upager_t *up = tu_runtime(NULL);
+	uint8_t *a = map_stream(up, path, len, page, 256 * TU_KIB);
+	TU_OK(upager_advise(up, a, len, advice));
+	uint8_t want[4096];
+	size_t bad = SIZE_MAX;
+	for (size_t off = 0; off < len && bad == SIZE_MAX; off += 4096) {
+		tu_fill(want, off, sizeof(want));
+		size_t d = first_diff(a + off, want, sizeof(want));
+		if (d != SIZE_MAX)
+			bad = off + d;
+	}
+	if (bad != SIZE_MAX)
+		fail_msg("scan read wrong bytes at %zu", bad);
+	struct upager_stats st = tu_stats_settled(up, a);
+	tu_print_stats("sequential read", &st);
+	assert_true(st.evictions > 0);
+	assert_int_equal(st.dirty_units, 0);
+	assert_int_equal(st.writebacks, 0);
+	TU_OK(upager_flush(up, a, len));
+	assert_int_equal(tu_stats(up, a).writebacks, 0);
+	TU_OK(upager_unmap(up, a));
+	upager_destroy(up);
+}
+
+static void test_seq_read_scan_writes_nothing(void **state)
+{
+	(void)state;
+	seq_read_run(UPAGER_ADV_NORMAL);
+}
+
+static void test_seq_read_scan_advised_writes_nothing(void **state)
+{
+	(void)state;
+	seq_read_run(UPAGER_ADV_SEQUENTIAL);
+}
+
+/* A region reaching past the end of its file: a write stream that ends at
+ * the end of the file marks nothing after it, so the file keeps its size
+ * (write-back of a unit marked ahead would extend it with zeros). */
+static void test_seq_write_file_end(void **state)
+{
+	(void)state;
+	size_t page = 4 * TU_KIB, flen = 2 * TU_MIB, len = 8 * TU_MIB;
+	const char *path = tu_make_file("seqw-end.dat", flen);
+	upager_t *up = tu_runtime(NULL);
+	uint8_t *a = map_stream(up, path, len, page, 1 * TU_MIB);
+	TU_OK(upager_advise(up, a, len, UPAGER_ADV_SEQUENTIAL));
+	uint8_t *want = xmalloc(flen);
+	uint64_t rng = 77;
+	fill_text(want, flen, &rng);
+	for (size_t off = 0; off < flen; off += 512)
+		memcpy(a + off, want + off, 512);
+	TU_OK(upager_flush(up, a, len));
+	struct stat sb;
+	assert_int_equal(stat(path, &sb), 0);
+	if ((size_t)sb.st_size != flen)
+		fail_msg("file grew from %zu to %lld bytes", flen,
+			 (long long)sb.st_size);
+	child_compare(path, want, flen, 0);
+	/* Past the end the region reads zeros and stays clean. */
+	assert_int_equal(tu_stats(up, a).dirty_units, 0);
+	for (size_t off = flen; off < len; off += page)
+		assert_int_equal(a[off], 0);
+	TU_OK(upager_unmap(up, a));
+	assert_int_equal(stat(path, &sb), 0);
+	assert_int_equal(sb.st_size, flen);
+	upager_destroy(up);
+	free(want);
+}
+
 /* ---- DONTNEED, DISCARD, unmap, destroy ---- */
 
 static void test_advice_dontneed_writes_back(void **state)
@@ -1054,6 +1299,13 @@ static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(test_flush_durable_under_budget),
 	cmocka_unit_test(test_flush_durable_partial),
 	cmocka_unit_test(test_flush_durable_after_write_fault),
+	cmocka_unit_test(test_seq_write_4k),
+	cmocka_unit_test(test_seq_write_4k_advised),
+	cmocka_unit_test(test_seq_write_64k),
+	cmocka_unit_test(test_seq_write_window),
+	cmocka_unit_test(test_seq_write_file_end),
+	cmocka_unit_test(test_seq_read_scan_writes_nothing),
+	cmocka_unit_test(test_seq_read_scan_advised_writes_nothing),
 	cmocka_unit_test(test_write_error_flush_and_unmap),
 	cmocka_unit_test(test_write_error_eviction_keeps_data),
 	cmocka_unit_test(test_advice_dontneed_writes_back),
