@@ -69,7 +69,7 @@ static struct upager_stats wait_prefetched(struct fixture *f, uint64_t want)
 	for (;;) {
 		st = tu_stats(f->up, f->base);
 		if (st.prefetched >= want)
-			return st;
+			return tu_stats_settled(f->up, f->base);
 		if (tu_now_ns() > deadline)
 			break;
 		tu_sleep_ms(2);
@@ -204,7 +204,7 @@ static void readahead_scan(size_t page, size_t readahead)
 	setup(&f, page, 0, 8 * TU_MIB, readahead);
 	uint64_t t0 = tu_now_ns();
 	sequential_scan(&f);
-	struct upager_stats st = tu_stats(f.up, f.base);
+	struct upager_stats st = tu_stats_settled(f.up, f.base);
 	printf("  page %zu KiB, readahead %zu KiB: %zu units in %.1f ms\n",
 	       page / TU_KIB, readahead / TU_KIB, f.units,
 	       (double)(tu_now_ns() - t0) / 1e6);
