@@ -37,6 +37,8 @@ struct upager_store {
 	unsigned flags; /* UPAGER_STORE_* */
 	struct upager_store_ops ops; /* custom store */
 	void *ctx;
+	bool in_memory; /* custom store whose reads never wait (lz4 without
+			   a lower store): the manager may serve it */
 };
 
 /* Bytes the store holds, or UINT64_MAX when it has no end. */
@@ -323,6 +325,9 @@ void upager__wb_stop(upager_t *up) UPAGER__HIDDEN;
 void upager__wb_kick(upager_t *up) UPAGER__HIDDEN;
 /* Waits (briefly, bounded) until r is under its budget. */
 void upager__wb_wait_room(upager_t *up, struct upager__region *r) UPAGER__HIDDEN;
+/* Whether r (and the runtime) are below the level that wakes the write-back
+ * thread: an install now needs no room made first. */
+bool upager__wb_room(upager_t *up, const struct upager__region *r) UPAGER__HIDDEN;
 /* Writes back the dirty units of r in [first, first+count); evict: drop
  * them too (clean ones as well). Blocks until done. Returns 0 or the
  * first write error. Caller holds a reference on r. */

@@ -942,6 +942,8 @@ int upager_store_lz4(const struct upager_lz4_opts *opts,
 	rc = upager_store_custom(&ops, s, out);
 	if (rc)
 		destroy(s);
+	else
+		(*out)->in_memory = !lower;
 	return rc;
 }
 

@@ -36,6 +36,7 @@
 #define ARENA_PAGES (ARENA_BYTES / 4096)
 #define RUN_BYTES (1u << 20)   /* largest prefetch read */
 #define MANAGER_INFLIGHT 2u    /* demand reads the manager does itself */
+#define MANAGER_SYNC_MAX (64u << 10) /* in-memory reads it does itself */
 #define ALIGN 4096u
 #define EFD_TAG 0ull
 #define POLL_TAG UINT64_MAX /* the manager's poll on the epoll descriptor */
@@ -653,13 +654,18 @@ bool upager__worker_start_local(struct upager__worker *w,
 {
 	struct upager__region *r = j->r;
 	/* Custom stores are read synchronously: never on the manager, whose
-	 * job is to keep reading faults. */
+	 * job is to keep reading faults, unless the store is in memory and
+	 * the read is short (a small unit's decompression). */
 	if (r->store->kind != UPAGER__STORE_FILE &&
-	    run_want(r, j->unit, job_units(j)) != 0)
+	    run_want(r, j->unit, job_units(j)) != 0 &&
+	    (!r->store->in_memory ||
+	     (job_units(j) << r->page_shift) > MANAGER_SYNC_MAX))
 		return false;
-	/* Nor for a region under a budget: an install there may have to wait
-	 * for the write-back thread to make room. */
-	if (r->budget_units || w->up->budget_units_4k)
+	/* Nor for a region at its budget: an install there waits for the
+	 * write-back thread to make room. Below it, the manager only kicks
+	 * the write-back thread (see finish()). */
+	if ((r->budget_units || w->up->budget_units_4k) &&
+	    !upager__wb_room(w->up, r))
 		return false;
 	/* A few reads in flight keep a lone faulting thread's latency low;
 	 * beyond that the workers take the rest, so that many faulting

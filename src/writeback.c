@@ -604,6 +604,11 @@ void upager__wb_kick(upager_t *up)
 	pthread_mutex_unlock(&wb->lock);
 }
 
+bool upager__wb_room(upager_t *up, const struct upager__region *r)
+{
+	return !at_level(up, r, 7);
+}
+
 void upager__wb_wait_room(upager_t *up, struct upager__region *r)
 {
 	struct upager__wb *wb = up->wb;
