@@ -72,63 +72,6 @@ struct scase {
 	enum store_kind store;
 };
 
-struct scan {
-	const struct tu_ref *ref;
-	const uint8_t *base;
-	size_t page;
-	size_t *order;
-	size_t n;
-	unsigned nthreads;
-	atomic_uint failures;
-};
-
-struct scan_arg {
-	struct scan *sc;
-	unsigned id;
-};
-
-static void *scan_thread(void *p)
-{
-	struct scan_arg *a = p;
-	struct scan *sc = a->sc;
-	uint64_t rnd = tu_mix64(a->id + 1) | 1;
-
-	for (size_t j = a->id; j < sc->n; j += sc->nthreads) {
-		size_t u = sc->order[j];
-		size_t start = u * sc->page;
-		/* Fault the unit in at a random byte, not at its start. */
-		size_t first = start + (size_t)(tu_rand(&rnd) % sc->page);
-		uint8_t want;
-		tu_expected(sc->ref, first, &want, 1);
-		if (((volatile const uint8_t *)sc->base)[first] != want ||
-		    !tu_check(sc->ref, sc->base, start, sc->page))
-			atomic_fetch_add(&sc->failures, 1);
-	}
-	return NULL;
-}
-
-static void scan_region(const struct tu_ref *ref, const void *base,
-			size_t page, size_t nunits, unsigned threads,
-			bool random, uint64_t seed)
-{
-	struct scan sc = { .ref = ref, .base = base, .page = page,
-			   .n = nunits, .nthreads = threads };
-	struct scan_arg args[16];
-
-	assert_true(threads <= 16);
-	sc.order = malloc(nunits * sizeof(*sc.order));
-	assert_non_null(sc.order);
-	for (size_t i = 0; i < nunits; i++)
-		sc.order[i] = i;
-	if (random)
-		tu_shuffle(sc.order, nunits, seed, false);
-	atomic_init(&sc.failures, 0);
-	for (unsigned i = 0; i < threads; i++)
-		args[i] = (struct scan_arg){ &sc, i };
-	tu_run_threads(threads, scan_thread, args, sizeof(args[0]));
-	free(sc.order);
-	assert_int_equal(atomic_load(&sc.failures), 0);
-}
 
 static const char *store_name(enum store_kind k)
 {
@@ -168,7 +111,7 @@ static void run_case(const struct scase *c)
 	struct tu_ref ref = { .fd = c->store == STORE_CUSTOM ? -1 : data_fd,
 			      .offset = c->offset, .length = c->length,
 			      .store_size = store_size };
-	scan_region(&ref, base, page, nunits, c->threads, c->random,
+	tu_scan_units(&ref, base, page, nunits, c->threads, c->random,
 		    c->offset ^ page ^ c->length);
 
 	struct upager_stats st = tu_stats_settled(up, base);

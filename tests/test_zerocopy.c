@@ -127,58 +127,6 @@ static bool ms_intact(const struct map_store *ms, size_t zero_unit)
 	return ok;
 }
 
-/* ---- scanning ---- */
-
-struct scan {
-	const struct tu_ref *ref;
-	const uint8_t *base;
-	size_t page, nunits;
-	const size_t *order;
-	unsigned nthreads;
-	atomic_uint failures;
-};
-
-struct scan_arg {
-	struct scan *sc;
-	unsigned id;
-};
-
-static void *scan_thread(void *p)
-{
-	struct scan_arg *a = p;
-	struct scan *sc = a->sc;
-
-	for (size_t i = a->id; i < sc->nunits; i += sc->nthreads)
-		if (!tu_check(sc->ref, sc->base, sc->order[i] * sc->page,
-			      sc->page))
-			atomic_fetch_add(&sc->failures, 1);
-	return NULL;
-}
-
-/* Reads every unit of the region (in random order when threads > 1) and
- * compares it with ref. */
-static void scan(const struct tu_ref *ref, const uint8_t *base, size_t page,
-		 size_t nunits, unsigned threads)
-{
-	size_t *order = malloc(nunits * sizeof(*order));
-	struct scan sc = { .ref = ref, .base = base, .page = page,
-			   .nunits = nunits, .order = order,
-			   .nthreads = threads };
-	struct scan_arg args[8];
-
-	assert_non_null(order);
-	assert_true(threads <= 8);
-	tu_shuffle(order, nunits, page + threads, true);
-	if (threads == 1)
-		for (size_t i = 0; i < nunits; i++)
-			order[i] = i;
-	atomic_init(&sc.failures, 0);
-	for (unsigned i = 0; i < threads; i++)
-		args[i] = (struct scan_arg){ &sc, i };
-	tu_run_threads(threads, scan_thread, args, sizeof(args[0]));
-	free(order);
-	assert_int_equal(atomic_load(&sc.failures), 0);
-}
 
 struct zcase {
 	size_t page;
@@ -215,7 +163,8 @@ static void run_case(const struct zcase *c)
 			      .length = length, .store_size = STORE_SIZE };
 	/* The partial last unit first, on its own, then everything. */
 	assert_true(tu_check(&ref, base, (nunits - 1) * c->page, c->page));
-	scan(&ref, base, c->page, nunits, c->threads);
+	tu_scan_units(&ref, base, c->page, nunits, c->threads, c->threads > 1,
+		      c->page + c->threads);
 	assert_true(tu_check(&ref, base, 0, nunits * c->page));
 
 	struct upager_stats st = tu_stats(up, base);

@@ -17,6 +17,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -347,6 +348,65 @@ void tu_run_threads(unsigned n, void *(*fn)(void *), void *args,
 	for (unsigned i = 0; i < n; i++)
 		assert_int_equal(pthread_join(t[i], NULL), 0);
 	free(t);
+}
+
+/* ---- checking a region unit by unit, from threads ---- */
+
+struct tu_scan {
+	const struct tu_ref *ref;
+	const uint8_t *base;
+	size_t page;
+	size_t *order;
+	size_t n;
+	unsigned nthreads;
+	atomic_uint failures;
+};
+
+struct tu_scan_arg {
+	struct tu_scan *sc;
+	unsigned id;
+};
+
+static void *tu_scan_thread(void *p)
+{
+	struct tu_scan_arg *a = p;
+	struct tu_scan *sc = a->sc;
+	uint64_t rnd = tu_mix64(a->id + 1) | 1;
+
+	for (size_t j = a->id; j < sc->n; j += sc->nthreads) {
+		size_t u = sc->order[j];
+		size_t start = u * sc->page;
+		/* Fault the unit in at a random byte, not at its start. */
+		size_t first = start + (size_t)(tu_rand(&rnd) % sc->page);
+		uint8_t want;
+		tu_expected(sc->ref, first, &want, 1);
+		if (((volatile const uint8_t *)sc->base)[first] != want ||
+		    !tu_check(sc->ref, sc->base, start, sc->page))
+			atomic_fetch_add(&sc->failures, 1);
+	}
+	return NULL;
+}
+
+void tu_scan_units(const struct tu_ref *ref, const void *base, size_t page,
+		   size_t nunits, unsigned threads, bool random, uint64_t seed)
+{
+	struct tu_scan sc = { .ref = ref, .base = base, .page = page,
+			   .n = nunits, .nthreads = threads };
+	struct tu_scan_arg args[16];
+
+	assert_true(threads <= 16);
+	sc.order = malloc(nunits * sizeof(*sc.order));
+	assert_non_null(sc.order);
+	for (size_t i = 0; i < nunits; i++)
+		sc.order[i] = i;
+	if (random)
+		tu_shuffle(sc.order, nunits, seed, false);
+	atomic_init(&sc.failures, 0);
+	for (unsigned i = 0; i < threads; i++)
+		args[i] = (struct tu_scan_arg){ &sc, i };
+	tu_run_threads(threads, tu_scan_thread, args, sizeof(args[0]));
+	free(sc.order);
+	assert_int_equal(atomic_load(&sc.failures), 0);
 }
 
 void tu_child_default_signals(void)

@@ -136,6 +136,12 @@ void tu_shuffle(size_t *idx, size_t n, uint64_t seed, bool init);
 /* Runs fn(arg + i * stride) in @n threads and joins them all. */
 void tu_run_threads(unsigned n, void *(*fn)(void *), void *args,
 		    size_t stride);
+/* Reads every one of @nunits units of @page bytes at @base from @threads
+ * threads (at most 16; units dealt round-robin, in a shuffled order when
+ * @random, from @seed), each first at a random byte of the unit, and
+ * compares it with @ref; fails the test on any mismatch. */
+void tu_scan_units(const struct tu_ref *ref, const void *base, size_t page,
+		   size_t nunits, unsigned threads, bool random, uint64_t seed);
 
 /* In a forked child: SIGSEGV and SIGBUS back to the default action so the
  * child dies from them (the test framework catches them otherwise).
