@@ -215,7 +215,11 @@ static void backoff(unsigned *us)
 
 /* Source of zero units in write-protected regions: UFFDIO_ZEROPAGE has no
  * write-protect mode, and a zero page mapped without it would let the
- * first write go unseen. In .bss: reading it maps the zero page. */
+ * first write go unseen. A zero unit such a region gets writable is there
+ * to be written (a write fault's, or readahead ahead of a write stream):
+ * it too is copied, as private pages, since on the shared zero page every
+ * 4 KiB page of it would cost the writer a copy-on-write fault of its
+ * own. In .bss: reading it maps the zero page. */
 static char zeros[UPAGER_PAGE_SIZE_MAX];
 
 int upager__install(struct upager__region *r, size_t unit, size_t count,
@@ -225,12 +229,13 @@ int upager__install(struct upager__region *r, size_t unit, size_t count,
 	int fd = r->sp->uffd;
 	uintptr_t dst = region_base(r) + (unit << r->page_shift);
 	size_t len = count << r->page_shift, off = 0;
-	if (how == FILL_ZERO && wp && len > sizeof(zeros))
+	bool zcopy = how == FILL_ZERO && r->wp;
+	if (zcopy && len > sizeof(zeros))
 		return -EINVAL; /* callers install zero units one by one */
 	unsigned delay = 2, enoent = 0;
 	int rc = 0;
 
-	if (how == FILL_ZERO && wp) {
+	if (zcopy) {
 		how = FILL_COPY;
 		src = zeros;
 	}
