@@ -201,7 +201,7 @@ int upager__rp_read_full(int fd, void *buf, size_t n)
 	return 0;
 }
 
-static int send_iov(int fd, struct iovec *iov, int cnt)
+int upager__rp_send_iov(int fd, struct iovec *iov, int cnt)
 {
 	while (cnt) {
 		struct msghdr mh = { .msg_iov = iov, .msg_iovlen = (size_t)cnt };
@@ -228,7 +228,7 @@ static int send_iov(int fd, struct iovec *iov, int cnt)
 int upager__rp_write_full(int fd, const void *buf, size_t n)
 {
 	struct iovec iov = { .iov_base = (void *)buf, .iov_len = n };
-	return send_iov(fd, &iov, 1);
+	return upager__rp_send_iov(fd, &iov, 1);
 }
 
 int upager__rp_send(int fd, const struct upager__rp_hdr *h,
@@ -240,7 +240,7 @@ int upager__rp_send(int fd, const struct upager__rp_hdr *h,
 		{ .iov_base = hdr, .iov_len = sizeof(hdr) },
 		{ .iov_base = (void *)payload, .iov_len = h->len },
 	};
-	return send_iov(fd, iov, h->len ? 2 : 1);
+	return upager__rp_send_iov(fd, iov, h->len ? 2 : 1);
 }
 
 int upager__rp_recv_hdr(int fd, struct upager__rp_hdr *h)

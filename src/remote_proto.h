@@ -16,6 +16,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include "internal.h"
 
@@ -90,6 +91,9 @@ int upager__rp_parse_stream(const uint8_t *buf, size_t n) UPAGER__HIDDEN;
 /* Returns 0, -EPIPE on end of stream, or -errno. */
 int upager__rp_read_full(int fd, void *buf, size_t n) UPAGER__HIDDEN;
 int upager__rp_write_full(int fd, const void *buf, size_t n) UPAGER__HIDDEN;
+/* Sends all of @cnt buffers (advancing @iov as it goes), retrying after
+ * EINTR and short sends, without SIGPIPE. Returns 0 or -errno. */
+int upager__rp_send_iov(int fd, struct iovec *iov, int cnt) UPAGER__HIDDEN;
 /* Sends a header and its payload (h->len bytes, may be NULL if 0). */
 int upager__rp_send(int fd, const struct upager__rp_hdr *h,
 		    const void *payload) UPAGER__HIDDEN;
