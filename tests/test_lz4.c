@@ -38,27 +38,6 @@
 
 /* ---- data and store helpers ---- */
 
-static const char *const words[] = {
-	"the",     "page",   "fault",  "store",   "worker", "region",
-	"kernel",  "thread", "memory", "block",   "of",     "and",
-	"to",      "in",     "a",      "is",      "that",   "for",
-	"install", "unit",   "offset", "length",  "cache",  "queue",
-	"read",    "write",  "map",    "compress", "lz4",   "zero",
-};
-#define NWORDS (sizeof(words) / sizeof(words[0]))
-
-static void fill_text(uint8_t *p, size_t len, uint64_t *rng)
-{
-	size_t i = 0;
-	while (i < len) {
-		const char *w = words[tu_rand(rng) % NWORDS];
-		for (; *w && i < len; w++)
-			p[i++] = (uint8_t)*w;
-		if (i < len)
-			p[i++] = tu_rand(rng) % 11 ? ' ' : '\n';
-	}
-}
-
 static void fill_random(uint8_t *p, size_t len, uint64_t *rng)
 {
 	for (size_t i = 0; i < len; i++)
@@ -70,7 +49,7 @@ enum kind { K_TEXT, K_RANDOM, K_ZERO };
 static void fill_kind(uint8_t *p, size_t len, enum kind k, uint64_t *rng)
 {
 	if (k == K_TEXT)
-		fill_text(p, len, rng);
+		tu_fill_text(p, len, rng);
 	else if (k == K_RANDOM)
 		fill_random(p, len, rng);
 	else
@@ -183,7 +162,7 @@ static upager_store_t *mem_store(struct mem *m, size_t size, uint64_t seed,
 	assert_non_null(m->buf);
 	m->size = size;
 	if (seed)
-		fill_text(m->buf, size, &seed);
+		tu_fill_text(m->buf, size, &seed);
 	struct upager_store_ops ops = { .read = mem_read,
 					.write = writable ? mem_write : NULL,
 					.size = mem_size };
@@ -310,7 +289,7 @@ static void test_alone_stats_follow_contents(void **state)
 	assert_non_null(back);
 	uint64_t rng = 77;
 
-	fill_text(data, total, &rng);
+	tu_fill_text(data, total, &rng);
 	TU_OK(st_write(s, data, total, 0));
 	struct upager_lz4_stats st = lz4_stats(s);
 	printf("text: %llu blocks, %llu stored, %llu allocated, ratio %.2f\n",
@@ -354,7 +333,7 @@ static void test_alone_stats_follow_contents(void **state)
 	expect_same(back, data, total, 0, "half zeroed");
 
 	/* Back to text in a few blocks: raw count follows the kind. */
-	fill_text(data + BS * (nb - 2), 2 * BS, &rng);
+	tu_fill_text(data + BS * (nb - 2), 2 * BS, &rng);
 	TU_OK(st_write(s, data + BS * (nb - 2), 2 * BS, BS * (nb - 2)));
 	st = lz4_stats(s);
 	assert_int_equal(st.raw_blocks, nb / 2 - 2);
@@ -381,7 +360,7 @@ static void round_trip_block_size(size_t bsize)
 	uint8_t *shadow = calloc(1, total);
 	assert_non_null(shadow);
 	uint64_t rng = bsize;
-	fill_text(shadow, total, &rng);
+	tu_fill_text(shadow, total, &rng);
 	TU_OK(st_write(s, shadow, total, 0));
 	const size_t offs[] = { 1, bsize - 3, bsize / 2, 2 * bsize + 100 };
 	for (size_t i = 0; i < sizeof(offs) / sizeof(offs[0]); i++) {
@@ -418,7 +397,7 @@ static void test_alone_size_and_max_bytes(void **state)
 	upager_store_t *s = lz4_store(BS, 0, 10 * BS + 100, NULL);
 	TU_OK(s->ops.size(s->ctx, &size));
 	assert_int_equal(size, 10 * BS + 100);
-	fill_text(buf, sizeof(buf), &rng);
+	tu_fill_text(buf, sizeof(buf), &rng);
 	TU_OK(st_write(s, buf, 100, 10 * BS));
 	TU_ERR(st_write(s, buf, 101, 10 * BS), -ENOSPC);
 	TU_ERR(st_write(s, buf, 1, 20 * BS), -ENOSPC);
@@ -442,7 +421,7 @@ static void test_alone_size_and_max_bytes(void **state)
 	memset(shadow + BS, 0, BS);
 	TU_OK(st_write(s, shadow + BS, BS, BS));
 	/* Text compresses: it fits where a raw block would not. */
-	fill_text(shadow + 2 * BS, BS, &rng);
+	tu_fill_text(shadow + 2 * BS, BS, &rng);
 	TU_OK(st_write(s, shadow + 2 * BS, BS, 2 * BS));
 	TU_ERR(st_write(s, buf, BS, 3 * BS), -ENOSPC);
 	st = lz4_stats(s);
@@ -507,7 +486,7 @@ static void test_stacked_over_file(void **state)
 
 	/* Past the end: the file grows. A later read sees the bytes. */
 	uint64_t past = (nb + 1) * BS + 5;
-	fill_text(want + past, 20, &rng);
+	tu_fill_text(want + past, 20, &rng);
 	TU_OK(st_write(s, want + past, 20, past));
 	assert_int_equal(fstat(fd, &sb), 0);
 	assert_int_equal(sb.st_size, past + 20);
@@ -900,7 +879,7 @@ static void test_corrupt_block_reads_eio(void **state)
 	upager_store_t *s = lz4_store(BS, 0, 0, NULL);
 	uint8_t data[4 * BS], buf[BS];
 	uint64_t rng = 11;
-	fill_text(data, 2 * BS, &rng);
+	tu_fill_text(data, 2 * BS, &rng);
 	fill_random(data + 2 * BS, BS, &rng);
 	memset(data + 3 * BS, 0, BS);
 	TU_OK(st_write(s, data, sizeof(data), 0));
@@ -953,7 +932,7 @@ static upager_store_t *filled_store(size_t bsize, uint8_t *shadow,
 				    size_t size, uint64_t seed)
 {
 	upager_store_t *s = lz4_store(bsize, 0, size, NULL);
-	fill_text(shadow, size, &seed);
+	tu_fill_text(shadow, size, &seed);
 	for (size_t b = 5; b < size / bsize; b += 7)
 		fill_random(shadow + b * bsize, bsize / 2, &seed);
 	memset(shadow + 3 * bsize, 0, bsize);
@@ -1025,7 +1004,7 @@ static void test_runtime_writeback_to_lz4(void **state)
 	assert_non_null(shadow);
 	assert_non_null(back);
 	uint64_t rng = 2024;
-	fill_text(shadow, size, &rng);
+	tu_fill_text(shadow, size, &rng);
 	upager_t *up = tu_runtime(NULL);
 	struct upager_map_opts o = { .page_size = BS,
 				     .flags = UPAGER_MAP_WRITEBACK,

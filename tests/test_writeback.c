@@ -56,25 +56,6 @@
 
 /* ---- data ---- */
 
-static const char *const words[] = {
-	"budget", "dirty",  "unit",   "evict", "clock",  "store", "flush",
-	"page",   "write",  "back",   "the",   "of",     "and",   "to",
-	"region", "memory", "thread", "lz4",   "fault",  "file",  "a",
-};
-#define NWORDS (sizeof(words) / sizeof(words[0]))
-
-static void fill_text(uint8_t *p, size_t len, uint64_t *rng)
-{
-	size_t i = 0;
-	while (i < len) {
-		const char *w = words[tu_rand(rng) % NWORDS];
-		for (; *w && i < len; w++)
-			p[i++] = (uint8_t)*w;
-		if (i < len)
-			p[i++] = tu_rand(rng) % 9 ? ' ' : '\n';
-	}
-}
-
 /* Offset of the first byte where a and b differ, or SIZE_MAX. */
 static size_t first_diff(const uint8_t *a, const uint8_t *b, size_t len)
 {
@@ -233,7 +214,7 @@ static void rw_write(struct rw_thread *t, size_t off, size_t len,
 		     uint64_t *rng)
 {
 	uint8_t buf[512];
-	fill_text(buf, len, rng);
+	tu_fill_text(buf, len, rng);
 	memcpy(t->shadow + off, buf, len);
 	memcpy(t->base + off, buf, len);
 }
@@ -592,7 +573,7 @@ static void test_flush_durable_under_budget(void **state)
 	/* Flushed units are write-protected again: new writes are seen. */
 	uint64_t rng = 99;
 	for (size_t off = 3 * page + 17; off < len; off += 5 * page + 333) {
-		fill_text(want + off, 200, &rng);
+		tu_fill_text(want + off, 200, &rng);
 		memcpy(a + off, want + off, 200);
 	}
 	assert_true(tu_stats(up, a).dirty_units > 0);
@@ -628,7 +609,7 @@ static void test_flush_durable_partial(void **state)
 	uint64_t rng = 5;
 	for (size_t i = 0; i < sizeof(wr) / sizeof(wr[0]); i++) {
 		size_t off = wr[i] * page + 1000;
-		fill_text(want + off, 3000, &rng);
+		tu_fill_text(want + off, 3000, &rng);
 		memcpy(a + off, want + off, 3000);
 	}
 	assert_int_equal(tu_stats(up, a).dirty_units, 5);
@@ -642,7 +623,7 @@ static void test_flush_durable_partial(void **state)
 	assert_same(a, want, len, "region");
 
 	/* Write a flushed unit again, then flush everything. */
-	fill_text(want + page, 64, &rng);
+	tu_fill_text(want + page, 64, &rng);
 	memcpy(a + page, want + page, 64);
 	assert_int_equal(tu_stats(up, a).dirty_units, 3);
 	TU_OK(upager_flush(up, a, len));
@@ -750,7 +731,7 @@ static void test_write_error_flush_and_unmap(void **state)
 	uint64_t rng = 11;
 	for (size_t u = 0; u < 8; u++) {
 		size_t off = u * 17 * page + 100;
-		fill_text(want + off, 1000, &rng);
+		tu_fill_text(want + off, 1000, &rng);
 		memcpy(a + off, want + off, 1000);
 	}
 	assert_int_equal(tu_stats(up, a).dirty_units, 8);
@@ -773,7 +754,7 @@ static void test_write_error_flush_and_unmap(void **state)
 	/* Unmap fails too and leaves the region usable. */
 	TU_ERR(upager_unmap(up, a), -EIO);
 	assert_same(a, want, len, "region after failed unmap");
-	fill_text(want + 40 * page, 500, &rng);
+	tu_fill_text(want + 40 * page, 500, &rng);
 	memcpy(a + 40 * page, want + 40 * page, 500);
 	assert_int_equal(tu_stats(up, a).dirty_units, 9);
 
@@ -790,7 +771,7 @@ static void test_write_error_flush_and_unmap(void **state)
 	 * unmap has nothing to write and succeeds. */
 	uint8_t *stored = xmalloc(len);
 	memcpy(stored, want, len);
-	fill_text(a + 3 * page, 700, &rng);
+	tu_fill_text(a + 3 * page, 700, &rng);
 	atomic_store(&ms.fail, true);
 	TU_ERR(upager_unmap(up, a), -EIO);
 	TU_OK(upager_advise(up, a, len, UPAGER_ADV_DISCARD));
@@ -827,7 +808,7 @@ static void test_write_error_eviction_keeps_data(void **state)
 	atomic_store(&ms.fail, true);
 	uint64_t rng = 23;
 	for (size_t u = 0; u < units; u++) {
-		fill_text(want + u * page + 64, 2000, &rng);
+		tu_fill_text(want + u * page + 64, 2000, &rng);
 		memcpy(a + u * page + 64, want + u * page + 64, 2000);
 	}
 	/* Give the eviction thread time to try (it re-checks every 100 ms). */
@@ -942,7 +923,7 @@ static void seq_write_run(size_t page, int advice)
 	TU_OK(upager_advise(up, a, len, advice));
 	uint8_t *want = xmalloc(len);
 	uint64_t rng = 4242 + page;
-	fill_text(want, len, &rng);
+	tu_fill_text(want, len, &rng);
 
 	/* The budget is checked with the map's own window only: with
 	 * UPAGER_ADV_SEQUENTIAL a quarter of the budget is read ahead, and
@@ -1036,7 +1017,7 @@ static void test_seq_write_window(void **state)
 	assert_int_equal(st0.dirty_units, 0);
 
 	uint64_t rng = 5;
-	fill_text(want, len, &rng);
+	tu_fill_text(want, len, &rng);
 	for (size_t off = 0; off < len; off += 512)
 		memcpy(a + off, want + off, 512);
 	struct upager_stats st1 = tu_stats(up, a);
@@ -1114,7 +1095,7 @@ static void test_seq_write_file_end(void **state)
 	TU_OK(upager_advise(up, a, len, UPAGER_ADV_SEQUENTIAL));
 	uint8_t *want = xmalloc(flen);
 	uint64_t rng = 77;
-	fill_text(want, flen, &rng);
+	tu_fill_text(want, flen, &rng);
 	for (size_t off = 0; off < flen; off += 512)
 		memcpy(a + off, want + off, 512);
 	TU_OK(upager_flush(up, a, len));
@@ -1149,7 +1130,7 @@ static void test_advice_dontneed_writes_back(void **state)
 	uint8_t *want = xmalloc(len), *got = xmalloc(len);
 	tu_fill(want, 0, len);
 	uint64_t rng = 3;
-	fill_text(want + 2 * page + 500, page + 1000, &rng);
+	tu_fill_text(want + 2 * page + 500, page + 1000, &rng);
 	memcpy(a + 2 * page + 500, want + 2 * page + 500, page + 1000);
 	assert_same(a + 8 * page, want + 8 * page, page, "read unit 8");
 	struct upager_stats st0 = tu_stats(up, a);
@@ -1170,7 +1151,7 @@ static void test_advice_dontneed_writes_back(void **state)
 	assert_int_equal(st2.bytes_fetched - st1.bytes_fetched, 2 * page);
 
 	/* DISCARD forgets writes: the store's bytes come back. */
-	fill_text(a + 5 * page, 800, &rng);
+	tu_fill_text(a + 5 * page, 800, &rng);
 	assert_int_equal(tu_stats(up, a).dirty_units, 1);
 	TU_OK(upager_advise(up, a + 5 * page, page, UPAGER_ADV_DISCARD));
 	struct upager_stats st3 = tu_stats(up, a);
@@ -1203,9 +1184,9 @@ static void test_unmap_and_destroy_write_back(void **state)
 	tu_fill(wb, 0, len);
 	uint64_t rng = 77;
 	for (size_t off = 123; off + 300 < len; off += 37 * page + 71) {
-		fill_text(wa + off, 300, &rng);
+		tu_fill_text(wa + off, 300, &rng);
 		memcpy(a + off, wa + off, 300);
-		fill_text(wb + off, 300, &rng);
+		tu_fill_text(wb + off, 300, &rng);
 		memcpy(b + off, wb + off, 300);
 	}
 	TU_OK(upager_unmap(up, a));

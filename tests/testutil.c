@@ -350,6 +350,29 @@ void tu_run_threads(unsigned n, void *(*fn)(void *), void *args,
 	free(t);
 }
 
+/* ---- text-like data ---- */
+
+static const char *const tu_words[] = {
+	"the",     "page",   "fault",  "store",   "worker", "region",
+	"kernel",  "thread", "memory", "block",   "of",     "and",
+	"to",      "in",     "a",      "is",      "that",   "for",
+	"install", "unit",   "offset", "length",  "cache",  "queue",
+	"read",    "write",  "map",    "compress", "lz4",   "zero",
+};
+#define TU_NWORDS (sizeof(tu_words) / sizeof(tu_words[0]))
+
+void tu_fill_text(uint8_t *p, size_t len, uint64_t *rng)
+{
+	size_t i = 0;
+	while (i < len) {
+		const char *w = tu_words[tu_rand(rng) % TU_NWORDS];
+		for (; *w && i < len; w++)
+			p[i++] = (uint8_t)*w;
+		if (i < len)
+			p[i++] = tu_rand(rng) % 11 ? ' ' : '\n';
+	}
+}
+
 /* ---- checking a region unit by unit, from threads ---- */
 
 struct tu_scan {
