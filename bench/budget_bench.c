@@ -52,6 +52,7 @@
 #include <unistd.h>
 
 #include "upager.h"
+#include "textpool.h"
 
 #define KIB 1024ull
 #define MIB (1024 * KIB)
@@ -246,64 +247,21 @@ static double now_s(void)
 /* Data: text-like pages, identical on both sides                      */
 /* ------------------------------------------------------------------ */
 
-static uint64_t mix64(uint64_t x)
-{
-	x += 0x9e3779b97f4a7c15ull;
-	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-	return x ^ (x >> 31);
-}
-
-static uint64_t rnd(uint64_t *s)
-{
-	*s ^= *s >> 12;
-	*s ^= *s << 25;
-	*s ^= *s >> 27;
-	return *s * 0x2545f4914f6cdd1dull;
-}
-
 static uint8_t *pool; /* POOL_PAGES text pages */
 
-/* A vocabulary of pseudo-words made of syllables, and pages of them:
- * lz4 gets about 2-3x on such pages, like on prose. */
 static void make_pool(void)
 {
-	static const char *syl[] = {
-		"ka", "lo", "mer", "tin", "sa", "do", "re", "vi", "nu", "pal",
-		"os", "ter", "un", "ba", "ci", "gro", "fe", "ly", "qua", "zen",
-		"ith", "mon", "ra", "pe", "dus", "ol", "ve", "hi", "strat", "em",
-	};
-	enum { NSYL = sizeof(syl) / sizeof(syl[0]), NWORDS = 96 };
-	static char words[NWORDS][24];
-	uint64_t s = 0x1234567;
-	for (unsigned w = 0; w < NWORDS; w++) {
-		unsigned n = 1 + (unsigned)(rnd(&s) % 4);
-		words[w][0] = 0;
-		for (unsigned k = 0; k < n; k++)
-			strcat(words[w], syl[rnd(&s) % NSYL]);
-	}
-	pool = malloc((size_t)POOL_PAGES * PG);
+	pool = textpool_make(POOL_PAGES, 0x1234567);
 	if (!pool) {
 		perror("malloc");
 		exit(1);
-	}
-	size_t i = 0, len = (size_t)POOL_PAGES * PG;
-	while (i < len) {
-		/* Skewed: small word numbers are much more frequent. */
-		uint64_t w = rnd(&s) % NWORDS;
-		for (int k = 0; k < 2; k++)
-			w = w * (rnd(&s) % NWORDS) / NWORDS;
-		for (const char *p = words[w]; *p && i < len; p++)
-			pool[i++] = (uint8_t)*p;
-		if (i < len)
-			pool[i++] = rnd(&s) % 12 ? ' ' : (rnd(&s) % 3 ? '\n' : '.');
 	}
 }
 
 /* Page @pg of the data set: a pool page stamped with its number. */
 static void gen_page(uint8_t *dst, uint64_t pg)
 {
-	memcpy(dst, pool + (mix64(pg) % POOL_PAGES) * PG, PG);
+	memcpy(dst, pool + (textpool_mix64(pg) % POOL_PAGES) * PG, PG);
 	memcpy(dst, &pg, sizeof(pg));
 }
 
@@ -697,7 +655,7 @@ static void phase_random(uint8_t *base, size_t len, uint64_t ops,
 	uint64_t s = 0x5eed, sum = 0, npg = len / PG;
 	double t0 = now_s();
 	for (uint64_t i = 0; i < ops; i++) {
-		uint64_t r = rnd(&s);
+		uint64_t r = textpool_rnd(&s);
 		uint64_t pg = r % npg;
 		size_t off = (size_t)((r >> 40) % (PG / 8)) * 8;
 		volatile uint64_t *w = (volatile uint64_t *)(base + pg * PG +

@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include <upager.h>
+#include "textpool.h"
 
 #define PG 4096u
 #define MIB ((uint64_t)1 << 20)
@@ -64,57 +65,16 @@ static double now_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static uint64_t rnd(uint64_t *s)
-{
-	*s ^= *s >> 12;
-	*s ^= *s << 25;
-	*s ^= *s >> 27;
-	return *s * 0x2545f4914f6cdd1dull;
-}
-
-static uint64_t mix64(uint64_t x)
-{
-	x += 0x9e3779b97f4a7c15ull;
-	x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-	x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-	return x ^ (x >> 31);
-}
-
-/* Text-like pages: words made of syllables, frequent words much more
- * frequent than rare ones, as in prose. */
 static int make_pool(void)
 {
-	static const char *syl[] = {
-		"ka", "lo", "mer", "tin", "sa", "do", "re", "vi", "nu", "pal",
-		"os", "ter", "un", "ba", "ci", "gro", "fe", "ly", "qua", "zen",
-		"ith", "mon", "ra", "pe", "dus", "ol", "ve", "hi", "strat", "em",
-	};
-	enum { NSYL = sizeof(syl) / sizeof(syl[0]), NWORDS = 96 };
-	static char words[NWORDS][24];
-	uint64_t s = 42;
-	for (unsigned w = 0; w < NWORDS; w++)
-		for (unsigned k = 0, n = 1 + (unsigned)(rnd(&s) % 4); k < n; k++)
-			strcat(words[w], syl[rnd(&s) % NSYL]);
-	size_t len = (size_t)POOL_PAGES * PG, i = 0;
-	pool = malloc(len);
-	if (!pool)
-		return -ENOMEM;
-	while (i < len) {
-		uint64_t w = rnd(&s) % NWORDS;
-		w = w * (rnd(&s) % NWORDS) / NWORDS;
-		w = w * (rnd(&s) % NWORDS) / NWORDS;
-		for (const char *p = words[w]; *p && i < len; p++)
-			pool[i++] = (uint8_t)*p;
-		if (i < len)
-			pool[i++] = rnd(&s) % 10 ? ' ' : '\n';
-	}
-	return 0;
+	pool = textpool_make(POOL_PAGES, 42);
+	return pool ? 0 : -ENOMEM;
 }
 
 /* What page pg must hold: a pool page, its number, its write counter. */
 static void expected_page(uint8_t *dst, uint64_t pg)
 {
-	memcpy(dst, pool + (mix64(pg) % POOL_PAGES) * PG, PG);
+	memcpy(dst, pool + (textpool_mix64(pg) % POOL_PAGES) * PG, PG);
 	uint64_t cnt = writes[pg];
 	memcpy(dst, &pg, 8);
 	memcpy(dst + COUNTER_OFF, &cnt, 8);
@@ -194,7 +154,7 @@ static uint64_t random_pass(uint8_t *base, uint64_t npages, uint64_t ops,
 	uint64_t s = seed | 1, sum = 0;
 	double t0 = now_s();
 	for (uint64_t i = 0; i < ops; i++) {
-		uint64_t r = rnd(&s), pg = r % npages;
+		uint64_t r = textpool_rnd(&s), pg = r % npages;
 		uint8_t *p = base + pg * PG;
 		sum += *(volatile uint64_t *)(p + ((r >> 40) % (PG / 8)) * 8);
 		if ((r >> 20) % 4 == 0) {
