@@ -73,7 +73,7 @@ struct opts {
 	unsigned workers;
 	const char *dir;
 	bool csv, direct;
-	bool do_lz4, do_file, kernel;
+	bool do_lz4, do_file, kernel, no_follow;
 };
 
 static struct opts O = {
@@ -110,6 +110,8 @@ static void usage(FILE *f)
 "                     (default budget/8, at most 32M)\n"
 "  --direct           file comparison: upager reads with O_DIRECT\n"
 "  --workers N        upager worker threads (default: upager's own)\n"
+"  --no-follow        UPAGER_CFG_NO_FOLLOW: the manager thread is never\n"
+"                     pinned to the faulting thread's CPU\n"
 "  --dir DIR          where the file comparison's file lives (/var/tmp)\n"
 "  --only lz4|file    run one comparison\n"
 "  --no-kernel        upager rows only (no cgroup, no zram)\n"
@@ -161,6 +163,7 @@ static void parse_opts(int argc, char **argv)
 		{ "dir", required_argument, 0, 'd' },
 		{ "only", required_argument, 0, 'y' },
 		{ "no-kernel", no_argument, 0, 'n' },
+		{ "no-follow", no_argument, 0, 'N' },
 		{ "format", required_argument, 0, 'f' },
 		{ "help", no_argument, 0, 'h' },
 		{ 0, 0, 0, 0 },
@@ -191,6 +194,7 @@ static void parse_opts(int argc, char **argv)
 			ok = O.do_lz4 || O.do_file;
 			break;
 		case 'n': O.kernel = false; break;
+		case 'N': O.no_follow = true; break;
 		case 'f':
 			O.csv = !strcmp(optarg, "csv");
 			ok = O.csv || !strcmp(optarg, "table");
@@ -785,7 +789,10 @@ static void upager_side(struct result *r, const void *argp)
 		fail_res(r, "joining %s: %s", a->cg, strerror(-rc));
 		return;
 	}
-	struct upager_config cfg = { .workers = O.workers };
+	struct upager_config cfg = {
+		.workers = O.workers,
+		.flags = O.no_follow ? UPAGER_CFG_NO_FOLLOW : 0,
+	};
 	rc = upager_create(&cfg, &up);
 	if (rc) {
 		fail_res(r, "upager_create: %s", upager_strerror(rc));

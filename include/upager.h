@@ -85,7 +85,7 @@ struct upager_config {
 	 * dropped; upager_advise() waits for room. 0: 1024. At least 16, at
 	 * most 1<<20. */
 	unsigned max_prefetch;
-	/* Reserved: must be 0. */
+	/* UPAGER_CFG_* flags, or 0. */
 	unsigned flags;
 	/* Resident budget in bytes for all regions of the runtime together
 	 * (0: none). Enforced like upager_map_opts.max_resident. */
@@ -106,6 +106,15 @@ struct upager_config {
 	 * UPAGER_DAEMON_FALLBACK_LOCAL or UPAGER_DAEMON_FALLBACK_SIGBUS. */
 	unsigned daemon_fallback;
 };
+
+/* Flags of upager_config.flags. */
+#define UPAGER_CFG_NO_FOLLOW 1u /* the manager thread runs wherever the
+				   scheduler puts it. By default, while one
+				   thread makes most of the faults and they
+				   are not sequential, the manager
+				   pins itself to that thread's CPU (checked
+				   every 10 ms): a fault's wake-ups then stay
+				   on one CPU (see docs/design.md) */
 
 /* Values of upager_config.daemon_fallback. */
 #define UPAGER_DAEMON_FALLBACK_LOCAL 0u  /* start this process's own manager

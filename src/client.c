@@ -135,6 +135,8 @@ static int start_local(struct upager__client *c)
 		return rc;
 	}
 	rc = -pthread_create(&up->manager, NULL, upager__manager_main, up);
+	if (!rc)
+		pthread_setname_np(up->manager, "upager-mgr");
 	if (rc) {
 		upager__workers_stop(up);
 		atomic_store(&up->stopping, false);

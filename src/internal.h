@@ -416,6 +416,7 @@ struct upager {
 
 	pthread_t manager;
 	bool manager_started;
+	bool no_follow;               /* UPAGER_CFG_NO_FOLLOW */
 	struct upager__worker *workers;
 	struct upager__worker *mgr_w; /* the manager's own ring and slots */
 	struct mgr *mgr;              /* manager.c's state */

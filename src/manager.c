@@ -28,6 +28,9 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
+#include <sched.h>
+#include <stdio.h>
 #include <sys/epoll.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -103,8 +106,28 @@ size_t upager__prefetch(upager_t *up, struct upager__region *r, size_t first,
 	return prefetch_run(up, r, first, count, wait, false);
 }
 
+/* Following the faulting thread's CPU (see design.md, "Where the manager
+ * runs"): a window's majority faulting thread, found by a
+ * Boyer-Moore vote over its faults. */
+#define FOLLOW_WINDOW_NS 10000000ull  /* a window: at least 10 ms */
+#define FOLLOW_WINDOW_FAULTS 64u      /* and 64 faults, */
+#define FOLLOW_MAX_NS 100000000ull    /* or 100 ms */
+#define FOLLOW_MIN_FAULTS 16u         /* fewer: never pinned */
+
+struct follow {
+	uint64_t start;     /* window start */
+	uint32_t tid;       /* majority candidate */
+	unsigned votes, faults;
+	unsigned seq;       /* faults on sequential streams */
+	int cpu;            /* the manager's pinned CPU, or -1 */
+	bool have_mask;
+	cpu_set_t mask;     /* the manager's own affinity at start */
+};
+
 struct mgr {
 	upager_t *up;
+	bool follow;
+	struct follow fl;
 	/* Demand fetches the manager could not start itself and the shared
 	 * queue had no room for. While there are any, it reads no more
 	 * messages (the faulting threads wait in the kernel). */
@@ -251,7 +274,7 @@ static void queue_span(upager_t *up, struct upager__region *r, size_t a,
 /* Readahead on a sequential stream: queue the window beyond unit u; write:
  * the fault is a write. Returns the end of the stretch after u that the
  * write stream may mark dirty (u + 1: none, or not a write stream). */
-static size_t readahead(upager_t *up, struct upager__region *r, size_t u,
+static size_t fault_readahead(upager_t *up, struct upager__region *r, size_t u,
 			bool write)
 {
 	int adv = atomic_load_explicit(&r->advice, memory_order_relaxed);
@@ -266,6 +289,7 @@ static size_t readahead(upager_t *up, struct upager__region *r, size_t u,
 	r->last_fault = u;
 	if (!seq)
 		return u + 1;
+	up->mgr->fl.seq++;
 	size_t wend = u + 1;
 	/* Only where dirty units can be written back: elsewhere a unit
 	 * marked dirty could never be evicted. */
@@ -360,7 +384,7 @@ static void on_wp_fault(upager_t *up, struct upager__space *sp,
 	}
 	size_t n = 1;
 	if (here) {
-		size_t wend = readahead(up, r, u, true);
+		size_t wend = fault_readahead(up, r, u, true);
 		while (u + n < wend && hold_clean(r, u + n))
 			n++;
 	}
@@ -419,7 +443,7 @@ static void on_fault(struct mgr *m, struct upager__space *sp,
 					 UNIT_GHOST))
 				continue;
 			queue_demand(m, r, u, now, tid, write);
-			readahead(up, r, u, write);
+			fault_readahead(up, r, u, write);
 			return;
 		}
 		if (s == UNIT_BUSY) {
@@ -437,7 +461,7 @@ static void on_fault(struct mgr *m, struct upager__space *sp,
 		if (s == UNIT_FETCHING) {
 			/* The install in flight wakes us; keep the stream's
 			 * readahead going. */
-			readahead(up, r, u, write);
+			fault_readahead(up, r, u, write);
 			return;
 		}
 		/* PRESENT: a racing install already woke this thread, or
@@ -533,6 +557,72 @@ static void on_remap(struct upager__space *sp, uintptr_t from, uintptr_t to,
 	forget_range(sp, from, from + len);
 }
 
+/* The CPU thread tid last ran on, or -1. */
+static int thread_cpu(uint32_t tid)
+{
+	char path[64], buf[1024];
+	snprintf(path, sizeof(path), "/proc/%u/stat", tid);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return -1;
+	buf[n] = 0;
+	/* Fields after the command name, which may hold spaces: "processor"
+	 * is field 39, the 37th after the ')'. */
+	char *p = strrchr(buf, ')');
+	for (int f = 2; p && f < 39; f++)
+		p = strchr(p + 1, ' ');
+	return p ? atoi(p + 1) : -1;
+}
+
+static void follow_vote(struct follow *fl, uint32_t tid)
+{
+	fl->faults++;
+	if (fl->votes == 0) {
+		fl->tid = tid;
+		fl->votes = 1;
+	} else if (fl->tid == tid) {
+		fl->votes++;
+	} else {
+		fl->votes--;
+	}
+}
+
+/* At the end of each window: pin the manager to the CPU of the thread
+ * that won the window's vote by a margin of half its faults (it made at
+ * least half of them), unless 1/4 were on sequential streams; else unpin
+ * it. */
+static void follow_tick(struct follow *fl, uint64_t now)
+{
+	uint64_t age = now - fl->start;
+	if (age < FOLLOW_WINDOW_NS ||
+	    (fl->faults < FOLLOW_WINDOW_FAULTS && age < FOLLOW_MAX_NS))
+		return;
+	int cpu = -1;
+	if (fl->faults >= FOLLOW_MIN_FAULTS && fl->votes * 2 >= fl->faults &&
+	    fl->seq * 4 < fl->faults && fl->tid && fl->have_mask) {
+		/* Any CPU the thread runs on is one we may run on too
+		 * (should the kernel refuse, we stay where we are). */
+		cpu = thread_cpu(fl->tid);
+		if (cpu >= CPU_SETSIZE)
+			cpu = -1;
+	}
+	if (cpu != fl->cpu) {
+		cpu_set_t one;
+		CPU_ZERO(&one);
+		if (cpu >= 0)
+			CPU_SET(cpu, &one);
+		if (sched_setaffinity(0, sizeof(cpu_set_t),
+				      cpu >= 0 ? &one : &fl->mask) == 0)
+			fl->cpu = cpu;
+	}
+	fl->start = now;
+	fl->faults = fl->votes = fl->seq = 0;
+}
+
 static void dispatch(struct mgr *m, struct upager__space *sp,
 		     const struct uffd_msg *msgs, size_t n)
 {
@@ -543,6 +633,9 @@ static void dispatch(struct mgr *m, struct upager__space *sp,
 		const struct uffd_msg *msg = &msgs[i];
 		switch (msg->event) {
 		case UFFD_EVENT_PAGEFAULT:
+			if (m->follow)
+				follow_vote(&m->fl, sp->caps.thread_id ?
+					    msg->arg.pagefault.feat.ptid : 0);
 			on_fault(m, sp, msg, now);
 			break;
 		case UFFD_EVENT_REMOVE:
@@ -562,6 +655,8 @@ static void dispatch(struct mgr *m, struct upager__space *sp,
 	}
 	pthread_rwlock_unlock(&sp->table_lock);
 	upager__manager_flush(up);
+	if (m->follow)
+		follow_tick(&m->fl, now);
 }
 
 /* Reads and serves what sp has pending, a bounded number of batches so
@@ -632,6 +727,8 @@ int upager__manager_init(upager_t *up)
 	if (!up->mgr)
 		return -ENOMEM;
 	up->mgr->up = up;
+	up->mgr->fl.cpu = -1;
+	up->mgr->follow = !up->no_follow;
 	up->mgr->cap = BATCH + up->queue_depth;
 	up->mgr->pending = calloc(up->mgr->cap, sizeof(struct upager__req));
 	int rc = up->mgr->pending ? upager__worker_new_manager(up, &up->mgr_w) :
@@ -664,5 +761,7 @@ void *upager__manager_main(void *arg)
 {
 	upager_t *up = arg;
 	upager__on_manager = true;
+	struct follow *fl = &up->mgr->fl;
+	fl->have_mask = sched_getaffinity(0, sizeof(fl->mask), &fl->mask) == 0;
 	return upager__worker_run(up->mgr_w);
 }

@@ -35,7 +35,7 @@ static bool pow2(uint64_t v)
 
 static int check_config(const struct upager_config *c)
 {
-	if (c->workers > 256 || c->flags)
+	if (c->workers > 256 || (c->flags & ~UPAGER_CFG_NO_FOLLOW))
 		return -EINVAL;
 	if (c->daemon_fallback > UPAGER_DAEMON_FALLBACK_SIGBUS)
 		return -EINVAL;
@@ -73,6 +73,7 @@ int upager_create(const struct upager_config *cfg, upager_t **out)
 		return -ENOMEM;
 	up->nworkers = c.workers ? c.workers : default_workers();
 	up->queue_depth = c.queue_depth ? c.queue_depth : DEFAULT_QD;
+	up->no_follow = c.flags & UPAGER_CFG_NO_FOLLOW;
 	up->ctl_fd = -1;
 	up->epfd = -1;
 
@@ -140,6 +141,7 @@ int upager_create(const struct upager_config *cfg, upager_t **out)
 	rc = -pthread_create(&up->manager, NULL, upager__manager_main, up);
 	if (rc)
 		goto fail_manager;
+	pthread_setname_np(up->manager, "upager-mgr");
 	up->manager_started = true;
 	*out = up;
 	return 0;

@@ -845,6 +845,8 @@ int upager__workers_start(upager_t *up)
 		rc = -pthread_create(&up->workers[i].thr, NULL, worker_main,
 				     &up->workers[i]);
 		up->workers[i].started = rc == 0;
+		if (rc == 0)
+			pthread_setname_np(up->workers[i].thr, "upager-io");
 	}
 	if (rc)
 		upager__workers_stop(up);

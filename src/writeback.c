@@ -688,6 +688,7 @@ int upager__wb_start(upager_t *up)
 		up->wb = NULL;
 		goto fail;
 	}
+	pthread_setname_np(wb->thr, "upager-wb");
 	wb->started = true;
 	return 0;
 fail:

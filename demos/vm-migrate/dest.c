@@ -100,7 +100,10 @@ static uint64_t region_installed(struct app *a)
 static void setup_upager(struct dest *d)
 {
 	struct app *a = d->a;
-	struct upager_config uc = { .workers = a->o.workers };
+	struct upager_config uc = {
+		.workers = a->o.workers,
+		.flags = a->o.no_follow ? UPAGER_CFG_NO_FOLLOW : 0,
+	};
 	int rc = upager_create(&uc, &d->up);
 	if (rc)
 		die("upager_create: %s", upager_strerror(rc));

@@ -409,6 +409,8 @@ static void usage(void)
 "  --migrate-after MS    run this long after the fill before migrating (1000)\n"
 "  --run-after MS        run this long after migration completes (1000)\n"
 "  --workers N           upager workers on the destination (4)\n"
+"  --no-follow           destination: UPAGER_CFG_NO_FOLLOW (the manager is\n"
+"                        never pinned to a vCPU thread's CPU)\n"
 "  --hot-div N           hot set = 1/N of each vCPU's RAM (8)\n"
 "  --pages-per-unit N    pages touched per work unit (256)\n"
 "  --max-passes N        precopy: at most N copy passes (8)\n"
@@ -448,6 +450,7 @@ static void parse(int argc, char **argv, struct app *a, const char **role)
 		{ "csv", 1, 0, 'c' }, { "timeline", 1, 0, 't' },
 		{ "listen", 1, 0, 'l' }, { "connect", 1, 0, 'C' },
 		{ "hot-sample", 1, 0, 'S' }, { "bg-nice", 1, 0, 'B' },
+		{ "no-follow", 0, 0, 'F' },
 		{ "help", 0, 0, 'h' }, { 0, 0, 0, 0 },
 	};
 	struct opts *o = &a->o;
@@ -482,6 +485,7 @@ static void parse(int argc, char **argv, struct app *a, const char **role)
 		case 'B': o->bg_nice = atoi(optarg); break;
 		case 'n': o->no_kvm = true; break;
 		case 'N': o->no_push = true; break;
+		case 'F': o->no_follow = true; break;
 		case 'k': o->kill_after_ms = (unsigned)atoi(optarg); break;
 		case 'c': o->csv = optarg; break;
 		case 't': o->timeline = optarg; break;

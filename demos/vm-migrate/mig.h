@@ -26,6 +26,7 @@ struct opts {
 	unsigned kill_after_ms;   /* run: SIGKILL the source this long after
 				     the switch (postcopy test) */
 	unsigned workers;
+	bool no_follow;
 	unsigned hot_div;
 	unsigned pages_per_unit;
 	unsigned max_passes;
