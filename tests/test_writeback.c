@@ -23,6 +23,9 @@
  *  - A store write error is reported (flush and unmap return -EIO), counted,
  *    and loses nothing: the units stay dirty and readable, eviction keeps
  *    them, and a later flush stores them once writes succeed.
+ *  - A dirty unit pinned for I/O (an io_uring fixed buffer), which
+ *    UFFDIO_MOVE cannot take, is evicted by copy, also in a ZERO_REMOVED
+ *    region, and reads back intact.
  *  - UPAGER_ADV_DONTNEED writes back before dropping; UPAGER_ADV_DISCARD
  *    drops the writes; upager_unmap and upager_destroy write back.
  *  - Write streams (src/manager.c): a sequential writer over a region four
@@ -47,7 +50,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/io_uring.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -1166,6 +1173,71 @@ static void test_advice_dontneed_writes_back(void **state)
 	free(got);
 }
 
+/* Pins the page at @p for I/O the way an io_uring fixed buffer does;
+ * returns the ring's descriptor (closing it unpins), or skips. */
+static int pin_page(void *p)
+{
+	struct io_uring_params prm;
+	memset(&prm, 0, sizeof(prm));
+	int fd = (int)syscall(__NR_io_uring_setup, 1, &prm);
+	if (fd < 0)
+		tu_skip("io_uring_setup: %s", strerror(errno));
+	struct iovec iov = { .iov_base = p, .iov_len = 4096 };
+	if (syscall(__NR_io_uring_register, fd, IORING_REGISTER_BUFFERS, &iov,
+		    1) != 0)
+		fail_msg("IORING_REGISTER_BUFFERS: %s", strerror(errno));
+	return fd;
+}
+
+/* A dirty unit whose page is pinned for I/O cannot be moved out of the
+ * region: eviction takes it out by copy instead, in a ZERO_REMOVED region
+ * too (where its own zap must not read as the application's drop), and
+ * nothing is lost. The units around it are evicted in spans with it. */
+static void test_pinned_unit_evicted_intact(void **state)
+{
+	(void)state;
+	size_t page = 4 * TU_KIB, len = 4 * TU_MIB, pinned = 100 * page;
+	const char *path = tu_make_file("pinned.dat", len);
+	upager_store_t *s = tu_store_file(path, UPAGER_STORE_WRITABLE);
+	upager_t *up = tu_runtime(NULL);
+	uint8_t *a = map_or_skip(up, s, len, page,
+				 UPAGER_MAP_WRITEBACK | UPAGER_MAP_ZERO_REMOVED,
+				 len / 4);
+	upager_store_release(s);
+	uint8_t *want = xmalloc(len), *got = xmalloc(len);
+	tu_fill(want, 0, len);
+	uint64_t rng = 11;
+	tu_fill_text(want + pinned, page, &rng);
+	memcpy(a + pinned, want + pinned, page);
+	int ring = pin_page(a + pinned);
+
+	/* Write every other unit until the pinned one has been evicted. */
+	uint64_t end = tu_now_ns() + 60 * 1000000000ull;
+	unsigned char in = 1;
+	for (unsigned pass = 0; in & 1; pass++) {
+		if (tu_now_ns() > end)
+			fail_msg("pinned unit still resident after 60 s");
+		for (size_t off = 0; off < len; off += page) {
+			if (off == pinned)
+				continue;
+			a[off + pass % page] = want[off + pass % page] =
+				(uint8_t)(pass * 7 + 1);
+		}
+		assert_int_equal(mincore(a + pinned, page, &in), 0);
+	}
+	assert_same(a, want, len, "region after evicting the pinned unit");
+	close(ring);
+	TU_OK(upager_flush(up, a, len));
+	pread_all(path, got, len, 0);
+	assert_same(got, want, len, "file after flush");
+	struct upager_stats st = tu_stats(up, a);
+	assert_int_equal(st.write_errors, 0);
+	TU_OK(upager_unmap(up, a));
+	upager_destroy(up);
+	free(want);
+	free(got);
+}
+
 static void test_unmap_and_destroy_write_back(void **state)
 {
 	(void)state;
@@ -1290,6 +1362,7 @@ static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(test_write_error_flush_and_unmap),
 	cmocka_unit_test(test_write_error_eviction_keeps_data),
 	cmocka_unit_test(test_advice_dontneed_writes_back),
+	cmocka_unit_test(test_pinned_unit_evicted_intact),
 	cmocka_unit_test(test_unmap_and_destroy_write_back),
 	cmocka_unit_test(test_bad_input),
 };
