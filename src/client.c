@@ -134,17 +134,13 @@ static int start_local(struct upager__client *c)
 		up->nworkers = 0;
 		return rc;
 	}
-	rc = -pthread_create(&up->manager, NULL, upager__manager_main, up);
-	if (!rc)
-		pthread_setname_np(up->manager, "upager-mgr");
+	rc = upager__manager_start(up);
 	if (rc) {
 		upager__workers_stop(up);
 		atomic_store(&up->stopping, false);
 		up->nworkers = 0;
-		return rc;
 	}
-	up->manager_started = true;
-	return 0;
+	return rc;
 }
 
 /* FALLBACK_SIGBUS: this thread reads the descriptor from now on. */

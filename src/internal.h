@@ -247,11 +247,12 @@ void upager__workers_kick(upager_t *up, unsigned n) UPAGER__HIDDEN;
 
 /* ---- manager (manager.c) ---- */
 
-/* The manager thread (arg: the runtime). It is a worker of its own: it
- * reads the descriptors, starts demand reads of file stores itself, and
- * hands everything else to the workers. upager__manager_init prepares it
- * (before the thread starts), upager__manager_fini frees it (after). */
-void *upager__manager_main(void *arg) UPAGER__HIDDEN;
+/* The manager thread. It is a worker of its own: it reads the
+ * descriptors, starts demand reads of file stores itself, and hands
+ * everything else to the workers. upager__manager_init prepares it,
+ * upager__manager_start starts and names it (setting manager_started;
+ * 0 or -errno), upager__manager_fini frees it (after it ended). */
+int upager__manager_start(upager_t *up) UPAGER__HIDDEN;
 int upager__manager_init(upager_t *up) UPAGER__HIDDEN;
 void upager__manager_fini(upager_t *up) UPAGER__HIDDEN;
 /* Reads what the descriptors have (epoll, no waiting) and handles it. */

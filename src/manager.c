@@ -126,7 +126,6 @@ struct follow {
 
 struct mgr {
 	upager_t *up;
-	bool follow;
 	struct follow fl;
 	/* Demand fetches the manager could not start itself and the shared
 	 * queue had no room for. While there are any, it reads no more
@@ -633,7 +632,7 @@ static void dispatch(struct mgr *m, struct upager__space *sp,
 		const struct uffd_msg *msg = &msgs[i];
 		switch (msg->event) {
 		case UFFD_EVENT_PAGEFAULT:
-			if (m->follow)
+			if (!up->no_follow)
 				follow_vote(&m->fl, sp->caps.thread_id ?
 					    msg->arg.pagefault.feat.ptid : 0);
 			on_fault(m, sp, msg, now);
@@ -655,7 +654,7 @@ static void dispatch(struct mgr *m, struct upager__space *sp,
 	}
 	pthread_rwlock_unlock(&sp->table_lock);
 	upager__manager_flush(up);
-	if (m->follow)
+	if (!up->no_follow)
 		follow_tick(&m->fl, now);
 }
 
@@ -728,7 +727,6 @@ int upager__manager_init(upager_t *up)
 		return -ENOMEM;
 	up->mgr->up = up;
 	up->mgr->fl.cpu = -1;
-	up->mgr->follow = !up->no_follow;
 	up->mgr->cap = BATCH + up->queue_depth;
 	up->mgr->pending = calloc(up->mgr->cap, sizeof(struct upager__req));
 	int rc = up->mgr->pending ? upager__worker_new_manager(up, &up->mgr_w) :
@@ -757,11 +755,22 @@ void upager__manager_fini(upager_t *up)
 
 _Thread_local bool upager__on_manager;
 
-void *upager__manager_main(void *arg)
+static void *manager_main(void *arg)
 {
 	upager_t *up = arg;
 	upager__on_manager = true;
 	struct follow *fl = &up->mgr->fl;
 	fl->have_mask = sched_getaffinity(0, sizeof(fl->mask), &fl->mask) == 0;
 	return upager__worker_run(up->mgr_w);
+}
+
+int upager__manager_start(upager_t *up)
+{
+	int rc = -pthread_create(&up->manager, NULL, manager_main, up);
+	if (rc)
+		return rc;
+	/* Named here, not by the thread: named once upager_create returns. */
+	pthread_setname_np(up->manager, "upager-mgr");
+	up->manager_started = true;
+	return 0;
 }

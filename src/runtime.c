@@ -138,11 +138,9 @@ int upager_create(const struct upager_config *cfg, upager_t **out)
 	rc = upager__workers_start(up);
 	if (rc)
 		goto fail_workers;
-	rc = -pthread_create(&up->manager, NULL, upager__manager_main, up);
+	rc = upager__manager_start(up);
 	if (rc)
 		goto fail_manager;
-	pthread_setname_np(up->manager, "upager-mgr");
-	up->manager_started = true;
 	*out = up;
 	return 0;
 

@@ -144,17 +144,26 @@ static void fault_until(const struct region *g, pid_t mgr, int want,
 	}
 }
 
+/* A runtime whose manager follows this thread, pinned to CPU a. */
+static struct region pinned_runtime(int *a, int *b, cpu_set_t *all,
+				    pid_t *mgr, uint64_t *rng)
+{
+	two_cpus(a, b, all);
+	struct region g = open_region(0);
+	pin_self(*a);
+	*mgr = manager_tid();
+	fault_until(&g, *mgr, *a, rng);
+	return g;
+}
+
 static void test_manager_follows_the_faulting_thread(void **state)
 {
 	(void)state;
 	int a, b;
 	cpu_set_t all;
-	two_cpus(&a, &b, &all);
-	struct region g = open_region(0);
-	pin_self(a);
-	pid_t mgr = manager_tid();
+	pid_t mgr;
 	uint64_t rng = 1;
-	fault_until(&g, mgr, a, &rng);
+	struct region g = pinned_runtime(&a, &b, &all, &mgr, &rng);
 	pin_self(b);
 	fault_until(&g, mgr, b, &rng);
 	close_region(&g);
@@ -185,12 +194,9 @@ static void test_two_faulting_threads_unpin_the_manager(void **state)
 	(void)state;
 	int a, b;
 	cpu_set_t all;
-	two_cpus(&a, &b, &all);
-	struct region g = open_region(0);
-	pin_self(a);
-	pid_t mgr = manager_tid();
+	pid_t mgr;
 	uint64_t rng = 2;
-	fault_until(&g, mgr, a, &rng);
+	struct region g = pinned_runtime(&a, &b, &all, &mgr, &rng);
 	assert_int_equal(sched_setaffinity(0, sizeof(all), &all), 0);
 
 	atomic_bool stop = false;
