@@ -314,27 +314,18 @@ static size_t claim(struct upager__region *r, const size_t *units, size_t n,
 	return k;
 }
 
-/* Takes the unit's bytes out of the region. Eviction moves the pages into
- * scratch (the region range is empty at once: accesses fault and wait);
- * a flush, or an eviction without UFFDIO_MOVE, write-protects the unit
- * (later writes fault and wait) and copies the pages that are there. */
-static void take_out(struct upager__wb *wb, struct upager__region *r,
-		     struct item *it, bool evict, bool try_move)
+/* Takes the unit's bytes out of the region by copy, into @slot (a flush;
+ * an eviction without UFFDIO_MOVE, or of a unit the kernel would not
+ * move): write-protects the unit (later writes fault and wait) and copies
+ * the pages that are there; eviction then zaps them. Sets it->data if it
+ * used @slot. */
+static void copy_out(struct upager__wb *wb, struct upager__region *r,
+		     struct item *it, bool evict, char *slot)
 {
 	upager_t *up = wb->up;
 	bool need_data = (it->b & UNIT_DIRTY) && r->writeback;
 	uintptr_t ua = unit_addr(r, it->u);
 	size_t npages = r->page_size / PAGE;
-	char *slot = wb->scratch + wb->scratch_used;
-	if (evict && wb->move_ok && try_move &&
-	    move_all(up, (uintptr_t)slot, ua, r->page_size) == 0) {
-		wb->scratch_used += r->page_size;
-		it->data = slot;
-		it->moved = true;
-		if (need_data && mincore(slot, r->page_size, it->vec))
-			memset(it->vec, 0, npages);
-		return;
-	}
 	if (need_data) {
 		upager__uffd_writeprotect(up->home.uffd, ua, r->page_size, true);
 		if (mincore((void *)ua, r->page_size, it->vec))
@@ -343,7 +334,6 @@ static void take_out(struct upager__wb *wb, struct upager__region *r,
 			if (it->vec[p] & 1)
 				memcpy(slot + p * PAGE, (char *)ua + p * PAGE,
 				       PAGE);
-		wb->scratch_used += r->page_size;
 		it->data = slot;
 	}
 	if (evict) {
@@ -387,8 +377,8 @@ static void release_gap(upager_t *up, struct upager__region *r, size_t a,
 
 /* A span's move stopped inside or before this unit, at a page the kernel
  * would not move (one pinned for I/O, or shared with another process);
- * @have bytes of the unit are at @slot already. Puts them back and takes
- * the unit out by copy instead (take_out() without a move). */
+ * @have bytes of the unit are at @slot, its place in the span, already.
+ * Puts them back and copies the unit out into that place instead. */
 static void span_failed(struct upager__wb *wb, struct upager__region *r,
 			struct item *it, char *slot, size_t have)
 {
@@ -396,7 +386,7 @@ static void span_failed(struct upager__wb *wb, struct upager__region *r,
 	if (have && move_all(wb->up, ua, (uintptr_t)slot, have) != 0)
 		/* Cannot happen short of a kernel change: keep the bytes. */
 		upager__install(r, it->u, 1, slot, FILL_COPY, false);
-	take_out(wb, r, it, true, false);
+	copy_out(wb, r, it, true, slot);
 }
 
 /* Claims the EMPTY units [a, b) of r for a move; all or none. */
@@ -412,20 +402,27 @@ static bool claim_gap(upager_t *up, struct upager__region *r, size_t a,
 	return true;
 }
 
-/* Takes the items out of the region: for eviction with UFFDIO_MOVE in
- * spans (above), whatever did not move and everything else unit by unit
- * with take_out(). At entry the scratch area is empty. */
+/* Takes the items out of the region: eviction moves them into scratch in
+ * spans (above; the region range is empty at once, so accesses fault and
+ * wait), everything else is copied out unit by unit. At entry the scratch
+ * area is empty and has room for the k items (process()). */
 static void take_out_all(struct upager__wb *wb, struct upager__region *r,
 			 struct item *items, size_t k, bool evict)
 {
-	size_t i = 0, units = SCRATCH >> r->page_shift;
-	if (!evict || !wb->move_ok || units < 2 * k)
-		goto rest;
-	/* Scratch units free for gaps: the items need one each, and one
-	 * more each should their span fail to move (span_failed()). */
-	size_t spare = units - 2 * k;
-	while (i < k) {
-		size_t first = items[i].u, j = i + 1;
+	if (!evict || !wb->move_ok) {
+		for (size_t i = 0; i < k; i++) {
+			copy_out(wb, r, &items[i], evict,
+				 wb->scratch + wb->scratch_used);
+			if (items[i].data)
+				wb->scratch_used += r->page_size;
+		}
+		return;
+	}
+	/* Scratch units the items do not need: room for gaps. */
+	size_t spare = (SCRATCH >> r->page_shift) - k;
+	for (size_t i = 0, j; i < k; i = j) {
+		size_t first = items[i].u;
+		j = i + 1;
 		while (j < k && items[j].u > items[j - 1].u) {
 			size_t a = items[j - 1].u + 1, b = items[j].u;
 			if (b - a > MAX_GAP || b - a > spare ||
@@ -456,12 +453,7 @@ static void take_out_all(struct upager__wb *wb, struct upager__region *r,
 			    mincore(it->data, r->page_size, it->vec))
 				memset(it->vec, 0, r->page_size / PAGE);
 		}
-		i = j;
 	}
-	return;
-rest:
-	for (; i < k; i++)
-		take_out(wb, r, &items[i], evict, true);
 }
 
 /* Ends the work on a unit: state, accounting, wake. */
