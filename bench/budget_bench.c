@@ -52,6 +52,7 @@
 #include <unistd.h>
 
 #include "upager.h"
+#include "size.h"
 #include "textpool.h"
 
 #define KIB 1024ull
@@ -96,7 +97,7 @@ static void usage(FILE *f)
 {
 	fprintf(f,
 "usage: upager-budget-bench [options]\n"
-"  --budget BYTES     memory allowed (default 256M); K/M/G suffixes\n"
+"  --budget BYTES     memory allowed (default 256M)\n"
 "  --size BYTES       data set (default 1G, i.e. 4x the budget)\n"
 "  --ops N            random page touches, compressed comparison (300000)\n"
 "  --file-ops N       random page reads/writes, file comparison (40000)\n"
@@ -115,29 +116,15 @@ static void usage(FILE *f)
 "  --dir DIR          where the file comparison's file lives (/var/tmp)\n"
 "  --only lz4|file    run one comparison\n"
 "  --no-kernel        upager rows only (no cgroup, no zram)\n"
-"  --format table|csv\n");
+"  --format table|csv\n"
+"BYTES and N are decimal and may end in K, M, G or T (powers of 1024;\n"
+"also written KiB or KB, any case): --ops 300K is 307200 touches.\n");
 }
 
+/* Every number on this command line is a size in the shared syntax. */
 static bool parse_size(const char *s, uint64_t *out)
 {
-	char *end;
-	errno = 0;
-	unsigned long long v = strtoull(s, &end, 10);
-	if (errno || end == s)
-		return false;
-	uint64_t m = 1;
-	switch (*end) {
-	case 'k': case 'K': m = KIB; end++; break;
-	case 'm': case 'M': m = MIB; end++; break;
-	case 'g': case 'G': m = GIB; end++; break;
-	default: break;
-	}
-	if (*end == 'i' || *end == 'B')
-		end += (end[0] == 'i' && end[1] == 'B') ? 2 : 1;
-	if (*end)
-		return false;
-	*out = v * m;
-	return true;
+	return cli_parse_size(s, out) == 0;
 }
 
 static bool unit_ok(size_t u)

@@ -9,14 +9,16 @@
  * The in-process runtime and a daemon-served runtime take turns, several
  * rounds each, so that drift on a shared machine hits both alike.
  *
- * usage: daemon_vs_inproc [--mib N] [--rounds N] [--unit BYTES]
+ * usage: daemon_vs_inproc [--mib N] [--rounds N] [--unit SIZE]
  * Prints a table and CSV lines (mode,unit,faults,mean_us,p50_us,p99_us).
  * A benchmark, not a test: it asserts nothing about the numbers.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +30,7 @@
 #include <unistd.h>
 
 #include "upager.h"
+#include "size.h"
 
 #ifndef UPAGERD_PATH
 #define UPAGERD_PATH "upagerd"
@@ -129,17 +132,63 @@ static pid_t start_daemon(const char *sock)
 	return -1;
 }
 
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: daemon_vs_inproc [--mib N] [--rounds N] [--unit SIZE]\n"
+		"  --mib N      region (and file) size in MiB (default 64)\n"
+		"  --rounds N   rounds, each mode once per round (default 3)\n"
+		"  --unit SIZE  upager install unit, 4K..2M power of two (4K)\n"
+		"Numbers are decimal and may end in K, M, G or T (powers of\n"
+		"1024; also written KiB or KB, any case).\n");
+}
+
+/*
+ * Sets the option @opt from @val. Returns false for an unknown option or
+ * a bad value: an empty region, no rounds (the means divide by them) or a
+ * unit upager would not take.
+ */
+static bool parse_opt(const char *opt, const char *val, size_t *mib,
+		      unsigned *rounds, size_t *unit)
+{
+	uint64_t v;
+
+	if (cli_parse_size(val, &v))
+		return false;
+	if (!strcmp(opt, "--mib") && v && v <= SIZE_MAX >> 20)
+		*mib = (size_t)v;
+	else if (!strcmp(opt, "--rounds") && v && v <= UINT_MAX)
+		*rounds = (unsigned)v;
+	else if (!strcmp(opt, "--unit") && v >= UPAGER_PAGE_SIZE_MIN &&
+		 v <= UPAGER_PAGE_SIZE_MAX && !(v & (v - 1)))
+		*unit = (size_t)v;
+	else
+		return false;
+	return true;
+}
+
 int main(int argc, char **argv)
 {
 	size_t mib = 64, unit = 4096;
 	unsigned rounds = 3;
-	for (int i = 1; i + 1 < argc; i += 2) {
-		if (!strcmp(argv[i], "--mib"))
-			mib = strtoul(argv[i + 1], NULL, 0);
-		else if (!strcmp(argv[i], "--rounds"))
-			rounds = (unsigned)strtoul(argv[i + 1], NULL, 0);
-		else if (!strcmp(argv[i], "--unit"))
-			unit = strtoul(argv[i + 1], NULL, 0);
+	for (int i = 1; i < argc; i += 2) {
+		if (!strcmp(argv[i], "--help")) {
+			usage(stdout);
+			return 0;
+		}
+		if (i + 1 == argc ||
+		    !parse_opt(argv[i], argv[i + 1], &mib, &rounds, &unit)) {
+			fprintf(stderr, "daemon_vs_inproc: bad option '%s%s%s'\n",
+				argv[i], i + 1 < argc ? " " : "",
+				i + 1 < argc ? argv[i + 1] : "");
+			usage(stderr);
+			return 2;
+		}
+	}
+	if ((mib << 20) % unit) {
+		fprintf(stderr, "daemon_vs_inproc: the region (--mib) must be "
+			"a multiple of --unit\n");
+		return 2;
 	}
 	char dir[] = "/tmp/upager-bench-XXXXXX";
 	if (!mkdtemp(dir))

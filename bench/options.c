@@ -1,8 +1,9 @@
 /*
  * options.c - the command line of upager-bench: defaults, parsing and
- * --help. Sizes take binary suffixes (K, M, G); engine lists take exact
- * names, shell patterns ("upager-*-direct") or a family name ("upager",
- * "raw-uffd") meaning all of its engines.
+ * --help. Sizes (and --ops) use the shared syntax of cli/size.h: decimal,
+ * binary suffixes K, M, G, T; engine lists take exact names, shell
+ * patterns ("upager-*-direct") or a family name ("upager", "raw-uffd")
+ * meaning all of its engines.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -12,6 +13,7 @@
 #include <string.h>
 
 #include "bench.h"
+#include "size.h"
 
 #define DEFAULT_OPS 10000
 
@@ -23,7 +25,7 @@ static void usage(void)
 "Compares upager with mmap, pread and the raw device on one file, each run\n"
 "in its own child process, and checks that every engine read the same bytes.\n"
 "\n"
-"  --size SIZE        size of the generated file (default 1G; K/M/G suffixes)\n"
+"  --size SIZE        size of the generated file (default 1G)\n"
 "  --file PATH        use an existing file instead of generating one\n"
 "  --dir DIR          where to generate (default $TMPDIR, else /var/tmp;\n"
 "                     memory file systems are refused)\n"
@@ -33,7 +35,8 @@ static void usage(void)
 "  --list             print the engines and workloads and exit\n"
 "  --threads N        application threads of the multithreaded rand (default 8);\n"
 "                     rand runs with 1 and with N threads\n"
-"  --ops N            reads per thread of rand and rand-hinted (default %d)\n"
+"  --ops N            reads per thread of rand and rand-hinted (default %d;\n"
+"                     takes SIZE's suffixes: 10K is 10240)\n"
 "  --repeat R         run each configuration R times, report the median (default 1)\n"
 "  --stride K         stride workload reads every K-th 4 KiB page (default 16)\n"
 "  --hint-batch N     offsets rand-hinted knows ahead (default 256)\n"
@@ -51,6 +54,9 @@ static void usage(void)
 "                     files): engines are compared with the first one only\n"
 "  --quiet            no progress on stderr\n"
 "  --help             this text\n"
+"\n"
+"SIZE is a decimal number of bytes with an optional suffix K, M, G or T\n"
+"(powers of 1024; also written KiB or KB, any case), e.g. 64M or 1GiB.\n"
 "\n"
 "Exit status: 0 when every run succeeded and every checksum matched the\n"
 "reference; 1 when a run failed or a checksum differed; 2 on a usage error;\n"
@@ -73,35 +79,15 @@ static void list(void)
 	}
 }
 
-static int parse_u64(const char *s, uint64_t *out, bool binary_suffix)
+/* A plain number (no suffix), decimal, 0x hex or 0 octal, as strtoull. */
+static int parse_u64(const char *s, uint64_t *out)
 {
 	char *end;
 	unsigned long long v;
 
 	errno = 0;
 	v = strtoull(s, &end, 0);
-	if (errno || end == s || s[0] == '-')
-		return -EINVAL;
-	if (binary_suffix && *end) {
-		unsigned shift = 0;
-
-		switch (*end) {
-		case 'k': case 'K': shift = 10; break;
-		case 'm': case 'M': shift = 20; break;
-		case 'g': case 'G': shift = 30; break;
-		case 't': case 'T': shift = 40; break;
-		default: return -EINVAL;
-		}
-		end++;
-		if (*end == 'i' || *end == 'I')
-			end++;
-		if (*end == 'b' || *end == 'B')
-			end++;
-		if (v > (UINT64_MAX >> shift))
-			return -ERANGE;
-		v <<= shift;
-	}
-	if (*end)
+	if (errno || end == s || s[0] == '-' || *end)
 		return -EINVAL;
 	*out = v;
 	return 0;
@@ -111,7 +97,7 @@ static int parse_uint(const char *s, unsigned lo, unsigned hi, unsigned *out)
 {
 	uint64_t v;
 
-	if (parse_u64(s, &v, false) || v < lo || v > hi)
+	if (parse_u64(s, &v) || v < lo || v > hi)
 		return -EINVAL;
 	*out = (unsigned)v;
 	return 0;
@@ -253,7 +239,7 @@ static int parse_one(int c, const char *arg, struct options *o)
 
 	switch (c) {
 	case 's':
-		err = parse_u64(arg, &o->size, true);
+		err = cli_parse_size(arg, &o->size);
 		if (!err && o->size < 4 * MIB)
 			err = -EINVAL;
 		break;
@@ -264,7 +250,7 @@ static int parse_one(int c, const char *arg, struct options *o)
 	case 'e': err = select_engines(arg, o); break;
 	case 't': err = parse_uint(arg, 1, BENCH_MAX_THREADS, &o->threads); break;
 	case 'n':
-		err = parse_u64(arg, &o->ops, true);
+		err = cli_parse_size(arg, &o->ops);
 		if (!err && (o->ops == 0 || o->ops > 100000000))
 			err = -EINVAL;
 		break;
@@ -272,19 +258,19 @@ static int parse_one(int c, const char *arg, struct options *o)
 	case OPT_STRIDE: err = parse_uint(arg, 1, 1u << 20, &o->stride); break;
 	case OPT_HINT: err = parse_uint(arg, 1, 1u << 16, &o->hint_batch); break;
 	case OPT_RA:
-		err = parse_u64(arg, &v, true);
+		err = cli_parse_size(arg, &v);
 		if (!err && v > GIB)
 			err = -EINVAL;
 		o->readahead = (size_t)v;
 		break;
 	case OPT_QD: err = parse_uint(arg, 1, 4096, &o->qd); break;
 	case OPT_DEVIO:
-		err = parse_u64(arg, &v, true);
+		err = cli_parse_size(arg, &v);
 		if (!err && (v < BENCH_PAGE || v > 64 * MIB || v % BENCH_PAGE))
 			err = -EINVAL;
 		o->seq_io = (size_t)v;
 		break;
-	case OPT_SEED: err = parse_u64(arg, &o->seed, false); break;
+	case OPT_SEED: err = parse_u64(arg, &o->seed); break;
 	case OPT_TIMEOUT: err = parse_uint(arg, 1, 86400, &o->timeout); break;
 	case 'F': err = parse_format(arg, &o->format); break;
 	case 'o': o->out_dir = arg; break;

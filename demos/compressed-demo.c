@@ -16,6 +16,8 @@
  *
  * usage: upager-compressed-demo [--size 1G] [--budget 256M] [--passes 4]
  *                               [--ops N] [--page 4K]
+ * Every value is a number in the syntax of cli/size.h (suffixes K, M, G,
+ * T: powers of 1024), and must be positive.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -32,6 +34,7 @@
 #include <unistd.h>
 
 #include <upager.h>
+#include "size.h"
 #include "textpool.h"
 
 #define PG 4096u
@@ -210,21 +213,15 @@ static uint64_t verify(uint8_t *base, uint64_t npages)
 
 /* ---- main ---- */
 
+/* Every option of this demo is a count or a size that must be positive. */
 static bool parse_size(const char *s, uint64_t *out)
 {
-	char *e;
-	errno = 0;
-	unsigned long long v = strtoull(s, &e, 10);
-	if (errno || e == s)
+	uint64_t v;
+
+	if (cli_parse_size(s, &v) || v == 0)
 		return false;
-	switch (*e) {
-	case 'K': case 'k': v <<= 10; e++; break;
-	case 'M': case 'm': v <<= 20; e++; break;
-	case 'G': case 'g': v <<= 30; e++; break;
-	default: break;
-	}
 	*out = v;
-	return *e == 0 && v > 0;
+	return true;
 }
 
 static void usage(FILE *f)
@@ -232,7 +229,9 @@ static void usage(FILE *f)
 	fprintf(f, "usage: upager-compressed-demo [--size 1G] [--budget 256M] "
 		   "[--passes 4] [--ops N] [--page 4K]\n"
 		   "  --ops: random page touches per random pass "
-		   "(default: as many as the data set has pages)\n");
+		   "(default: as many as the data set has pages)\n"
+		   "  values are decimal, with an optional K, M, G or T "
+		   "(powers of 1024;\n  also KiB or KB, any case)\n");
 }
 
 static void parse_args(int argc, char **argv)

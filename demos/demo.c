@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include <upager.h>
+#include "size.h"
 
 #define KIB ((uint64_t)1024)
 #define MIB (1024 * KIB)
@@ -131,46 +132,24 @@ static void usage(FILE *f)
 		"usage: upager-demo [options]\n"
 		"Reads a file through upager and through mmap, cold and warm,\n"
 		"checks that every view matches the file and prints timings.\n\n"
-		"  --size N        size of the generated file (default 256M;\n"
-		"                  suffixes K, M, G are powers of 1024)\n"
+		"  --size N        size of the generated file (default 256M)\n"
 		"  --file PATH     use this existing file instead of generating one\n"
 		"  --page-size N   upager install unit, 4K..2M power of two (default 64K)\n"
 		"  --readahead N   upager readahead window, 0 = off (default 4M)\n"
 		"  --workers N     upager worker threads (default: library default)\n"
 		"  --direct        upager reads with O_DIRECT (no page cache)\n"
 		"  --help          this text\n\n"
+		"N is a decimal number with an optional suffix K, M, G or T\n"
+		"(powers of 1024; also written KiB or KB, any case).\n\n"
 		"The file is generated in $TMPDIR (or /tmp) and removed on exit;\n"
 		"for real cold reads it must be on a disk, not on tmpfs.\n");
-}
-
-static int parse_size(const char *s, uint64_t *out)
-{
-	char *end;
-	uint64_t mult = 1;
-
-	errno = 0;
-	unsigned long long v = strtoull(s, &end, 10);
-	if (errno || end == s || s[0] == '-')
-		return -1;
-	switch (*end) {
-	case 'k': case 'K': mult = KIB; end++; break;
-	case 'm': case 'M': mult = MIB; end++; break;
-	case 'g': case 'G': mult = GIB; end++; break;
-	default: break;
-	}
-	if (mult > 1 && (strcmp(end, "iB") == 0 || strcmp(end, "B") == 0))
-		end += strlen(end);
-	if (*end != '\0' || v > UINT64_MAX / mult)
-		return -1;
-	*out = v * mult;
-	return 0;
 }
 
 static uint64_t size_arg(const char *opt, const char *val)
 {
 	uint64_t v;
 
-	if (parse_size(val, &v) != 0)
+	if (cli_parse_size(val, &v) != 0)
 		die("%s: bad size '%s'", opt, val);
 	return v;
 }

@@ -13,6 +13,8 @@
  *
  *   lazy-restore [--mem SIZE] [--page-size SIZE] [--file PATH]
  *                [--csv FILE] [--no-kvm]
+ *
+ * SIZE is in the syntax of cli/size.h (decimal, suffixes K, M, G, T).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -26,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "size.h"
 #include "upager.h"
 #include "vmm.h"
 
@@ -251,14 +254,18 @@ static struct result lazy(bool kvm, size_t size, size_t page, const char *path,
 	return r;
 }
 
-static size_t parse_size(const char *s)
+/* The value @val of option @opt, or the end of the program. */
+static size_t size_arg(const char *opt, const char *val)
 {
-	char *end;
-	double v = strtod(s, &end);
-	size_t m = *end == 'G' || *end == 'g' ? 1ull << 30 :
-		   *end == 'M' || *end == 'm' ? 1ull << 20 :
-		   *end == 'K' || *end == 'k' ? 1ull << 10 : 1;
-	return (size_t)(v * (double)m);
+	uint64_t v;
+	int rc = cli_parse_size(val, &v);
+
+	if (rc) {
+		fprintf(stderr, "lazy-restore: bad %s '%s': %s\n", opt, val,
+			strerror(-rc));
+		exit(1);
+	}
+	return (size_t)v;
 }
 
 int main(int argc, char **argv)
@@ -275,19 +282,22 @@ int main(int argc, char **argv)
 	int c;
 	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
 		switch (c) {
-		case 'm': size = parse_size(optarg); break;
-		case 'p': page = parse_size(optarg); break;
+		case 'm': size = size_arg("--mem", optarg); break;
+		case 'p': page = size_arg("--page-size", optarg); break;
 		case 'f': path = optarg; break;
 		case 'c': csv = optarg; break;
 		case 'n': kvm = false; break;
 		default:
 			fprintf(stderr, "usage: lazy-restore [--mem SIZE] "
 				"[--page-size SIZE] [--file PATH] [--csv FILE] "
-				"[--no-kvm]\n");
+				"[--no-kvm]\n"
+				"SIZE: decimal, with an optional K, M, G or T "
+				"(powers of 1024)\n");
 			return 1;
 		}
 	}
-	if (size < (8u << 20) || size > (3ull << 30) || size % page)
+	/* !page: a zero --page-size must not reach the modulo */
+	if (size < (8u << 20) || size > (3ull << 30) || !page || size % page)
 		die("--mem must be 8M..3G and a multiple of --page-size", EINVAL);
 	if (!kvm)
 		printf("lazy-restore: /dev/kvm not used: restoring a plain "

@@ -37,6 +37,7 @@
 #include <unistd.h>
 
 #include "mig.h"
+#include "size.h"
 
 uint64_t now_ns(void)
 {
@@ -370,21 +371,14 @@ static int run_both(struct app *a)
 
 /* ---- options ---- */
 
+/* A positive size (cli/size.h syntax), or the end of the program. */
 static size_t parse_size(const char *s)
 {
-	char *end;
-	double v = strtod(s, &end);
-	size_t mult = 1;
-	switch (*end) {
-	case 'k': case 'K': mult = 1ull << 10; break;
-	case 'm': case 'M': mult = 1ull << 20; break;
-	case 'g': case 'G': mult = 1ull << 30; break;
-	case '\0': break;
-	default: die("bad size '%s'", s);
-	}
-	if (v <= 0)
+	uint64_t v;
+
+	if (cli_parse_size(s, &v) || v == 0)
 		die("bad size '%s'", s);
-	return (size_t)(v * (double)mult);
+	return (size_t)v;
 }
 
 static enum mig_mode parse_mode(const char *s)
@@ -424,6 +418,8 @@ static void usage(void)
 "  --kill-source-after MS  run: SIGKILL the source MS after the switch\n"
 "  --csv FILE            append a summary row to FILE\n"
 "  --timeline FILE       append the progress timeline to FILE\n"
+"SIZE: a decimal number of bytes with an optional suffix K, M, G or T\n"
+"(powers of 1024; also written KiB or KB, any case), e.g. 64K or 1G\n"
 "exit status: 0 checksum OK, 1 failure, 3 SIGBUS (guest page lost)\n");
 }
 
