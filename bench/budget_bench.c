@@ -979,12 +979,14 @@ static void note_upager_lz4(const char *what, const struct result *u)
 	     " MiB (ratio %.2f), allocator %" PRIu64 " MiB; faults %" PRIu64
 	     " (p50 %" PRIu64 " us, p99 %" PRIu64 " us), prefetched %"
 	     PRIu64 ", evictions %" PRIu64 ", write-backs %" PRIu64
+	     " (%" PRIu64 " found unchanged by the store)"
 	     ", max resident seen %" PRIu64 " MiB, peak RSS %ld MiB",
 	     what, u->lz.bytes_logical >> 20, u->lz.bytes_stored >> 20,
 	     u->lz.ratio, u->lz.bytes_allocated >> 20, u->st.faults,
 	     upager_stats_percentile(&u->st, 50),
 	     upager_stats_percentile(&u->st, 99),
 	     u->st.prefetched, u->st.evictions, u->st.writebacks,
+	     u->lz.unchanged,
 	     u->max_resident_seen >> 20, u->peak_rss_kib >> 10);
 }
 

@@ -335,9 +335,10 @@ static void summary(struct ctx *c, uint64_t bad, uint64_t npages)
 	       st.resident_bytes / MIB, upager_stats_percentile(&st, 99));
 	printf("  lz4: %" PRIu64 " blocks, %" PRIu64 " MiB held in %" PRIu64
 	       " MiB (ratio %.2f), allocator %" PRIu64 " MiB, %" PRIu64
-	       " stored raw\n", lz.blocks, lz.bytes_logical / MIB,
-	       lz.bytes_stored / MIB, lz.ratio, lz.bytes_allocated / MIB,
-	       lz.raw_blocks);
+	       " stored raw; %" PRIu64 " write-backs found unchanged\n",
+	       lz.blocks, lz.bytes_logical / MIB, lz.bytes_stored / MIB,
+	       lz.ratio, lz.bytes_allocated / MIB, lz.raw_blocks,
+	       lz.unchanged);
 	printf("  memory in use: %" PRIu64 " MiB resident + %" PRIu64
 	       " MiB compressed = %.0f%% of the data set\n",
 	       st.resident_bytes / MIB, lz.bytes_allocated / MIB,

@@ -287,6 +287,10 @@ struct upager_lz4_stats {
 	uint64_t corrupt;         /* blocks that failed to decompress */
 	double ratio;             /* bytes_logical / bytes_stored (0 if
 				     empty) */
+	uint64_t unchanged;       /* block writes that found the store
+				     alone holding those very bytes:
+				     nothing compressed or allocated (not
+				     counted in writes) */
 };
 
 /*! upager_store_lz4_stats() :

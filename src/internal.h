@@ -160,6 +160,7 @@ struct upager__region {
 	bool writeback;       /* UPAGER_MAP_WRITEBACK */
 	bool zero_removed;    /* UPAGER_MAP_ZERO_REMOVED */
 	bool wp;              /* registered for write-protect faults */
+	bool dirty_at_install; /* units go in writable and dirty (space.c) */
 	size_t budget_units;  /* max resident units, 0: none */
 	atomic_size_t resident; /* units installed */
 	atomic_size_t dirty;    /* units with UNIT_DIRTY */

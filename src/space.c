@@ -93,6 +93,13 @@ int upager__region_new(struct upager__space *sp, upager_store_t *store,
 	r->writeback = writeback;
 	r->zero_removed = o.flags & UPAGER_MAP_ZERO_REMOVED;
 	r->wp = wp;
+	/* Over a store that keeps its bytes in memory and knows when it is
+	 * handed the bytes it holds (lz4 alone), a write-back of an unchanged
+	 * unit costs a comparison, not a write; tracking first writes costs a
+	 * write-protect fault, a round trip through the manager, per unit
+	 * written. So such units go in writable and dirty: the store tells
+	 * them apart at write-back (design.md, section 8). */
+	r->dirty_at_install = writeback && store->in_memory;
 	if (o.max_resident) {
 		uint64_t b = o.max_resident >> r->page_shift;
 		r->budget_units = b ? (size_t)b : 1;

@@ -105,7 +105,7 @@ struct lz4s {
 	upager_store_t *lower;
 
 	atomic_uint_fast64_t stored; /* compressed bytes held */
-	atomic_uint_fast64_t writes, lower_reads, corrupt;
+	atomic_uint_fast64_t writes, lower_reads, corrupt, unchanged;
 	atomic_uint gen;
 
 	pthread_mutex_t evict_lock;
@@ -733,6 +733,40 @@ static int read_block(struct lz4s *s, uint64_t block, uint8_t *dst,
 	return rc < 0 ? rc : 0;
 }
 
+/* Whether the store alone already holds exactly the bytes of full block
+ * @src as @block (a never-written block holds zeros). The runtime writes
+ * back every unit it installed into a region over a store alone, changed
+ * or not (design.md, section 8): for an unchanged one, the checksum and a
+ * decompression with a compare cost a fraction of a compression, and no
+ * memory changes hands. The checksum only rules blocks out; the bytes
+ * decide. The caller holds the block's turn, so the entry cannot change
+ * meanwhile. */
+static bool holds_same(struct lz4s *s, uint64_t block, const uint8_t *src,
+		       struct tls *t)
+{
+	struct stripe *st = stripe_of(s, block);
+	uint32_t sum = block_sum(src, s->bsize);
+
+	pthread_mutex_lock(&st->lock);
+	struct ent *e = find(st, block);
+	if (!e) {
+		pthread_mutex_unlock(&st->lock);
+		return all_zero(src, s->bsize);
+	}
+	struct ent m = *e;
+	if ((m.flags & (F_BAD | F_ZERO)) || m.sum != sum) {
+		pthread_mutex_unlock(&st->lock);
+		return false;
+	}
+	memcpy((m.flags & F_RAW) ? t->u : t->c, m.data, m.csize);
+	pthread_mutex_unlock(&st->lock);
+	if (!(m.flags & F_RAW) &&
+	    LZ4_decompress_safe((const char *)t->c, (char *)t->u, (int)m.csize,
+				(int)s->bsize) != (int)s->bsize)
+		return false; /* damaged: the write replaces it */
+	return memcmp(t->u, src, s->bsize) == 0;
+}
+
 static int write_block(struct lz4s *s, uint64_t block, const uint8_t *src,
 		       size_t boff, size_t n, struct tls *t)
 {
@@ -742,6 +776,11 @@ static int write_block(struct lz4s *s, uint64_t block, const uint8_t *src,
 	int rc = 0;
 
 	busy_enter(st, block, &me);
+	if (!s->lower && n == s->bsize && holds_same(s, block, src, t)) {
+		atomic_fetch_add_explicit(&s->unchanged, 1,
+					  memory_order_relaxed);
+		goto out;
+	}
 	if (n < s->bsize) {
 		rc = cached_read(s, block, t->u, 0, s->bsize, t, false);
 		if (rc == 0 && s->lower)
@@ -974,6 +1013,7 @@ int upager_store_lz4_stats(upager_store_t *st, struct upager_lz4_stats *out)
 	out->writes = atomic_load(&s->writes);
 	out->lower_reads = atomic_load(&s->lower_reads);
 	out->corrupt = atomic_load(&s->corrupt);
+	out->unchanged = atomic_load(&s->unchanged);
 	out->ratio = out->bytes_stored ?
 		(double)out->bytes_logical / (double)out->bytes_stored : 0.0;
 	return 0;

@@ -223,7 +223,8 @@ static void settle_units(const struct upager__req *j, size_t u, size_t n,
 			continue;
 		}
 		count_install(r, j, zero);
-		uint8_t set = (r->wp && j->write) ? UNIT_DIRTY : 0;
+		uint8_t set = r->wp && (j->write || r->dirty_at_install) ?
+			      UNIT_DIRTY : 0;
 		uint8_t prev;
 		if (unit_update_prev(r->state, i, UNIT_FETCHING, UNIT_PRESENT,
 				     set, 0, &prev)) {
@@ -266,8 +267,9 @@ static void finish(struct upager__worker *w, const struct upager__req *j,
 	}
 	/* In a write-protected region a read fault installs the unit
 	 * protected, so the first write is seen; a write fault installs it
-	 * writable and already dirty. */
-	bool wp = r->wp && !j->write;
+	 * writable and already dirty, as every install does in a region
+	 * whose store compares at write-back (dirty_at_install). */
+	bool wp = r->wp && !j->write && !r->dirty_at_install;
 	bool next_zero = false; /* unit i is known to be all zeros */
 	for (size_t i = 0; i < n;) {
 		bool zero = next_zero || unit_zero(data, want, i, ps);
