@@ -278,9 +278,10 @@ static void run_rw(uint8_t *base, uint8_t *shadow, size_t len, size_t page,
 				 t[i].want);
 }
 
-enum store_kind { ST_FILE, ST_LZ4, ST_LZ4_FILE };
+enum store_kind { ST_FILE, ST_LZ4, ST_LZ4_FILE, ST_DIRECT };
 
-static const char *const kind_name[] = { "file", "lz4", "lz4+file" };
+static const char *const kind_name[] = { "file", "lz4", "lz4+file",
+					 "direct" };
 
 struct rw_case {
 	enum store_kind kind;
@@ -303,9 +304,12 @@ static void rw_case_run(const struct rw_case *c)
 	} else {
 		path = tu_make_file(name, c->len);
 		tu_fill(shadow, 0, c->len);
-		file = tu_store_file(path, UPAGER_STORE_WRITABLE);
+		/* Direct: reads bypass the cache the write-backs go to. */
+		file = tu_store_file(path, UPAGER_STORE_WRITABLE |
+				     (c->kind == ST_DIRECT ?
+				      UPAGER_STORE_DIRECT : 0));
 	}
-	if (c->kind != ST_FILE) {
+	if (c->kind == ST_LZ4 || c->kind == ST_LZ4_FILE) {
 		struct upager_lz4_opts lo = { .size = c->len };
 		TU_OK(upager_store_lz4(&lo, file, &lz));
 	}
@@ -374,6 +378,8 @@ static void rw_case_run(const struct rw_case *c)
 RW_TEST(test_rw_file_4k, ST_FILE, 4 * TU_KIB, 8 * TU_MIB, 3000)
 RW_TEST(test_rw_file_64k, ST_FILE, 64 * TU_KIB, 16 * TU_MIB, 800)
 RW_TEST(test_rw_file_2m, ST_FILE, 2 * TU_MIB, 32 * TU_MIB, 60)
+RW_TEST(test_rw_direct_4k, ST_DIRECT, 4 * TU_KIB, 8 * TU_MIB, 3000)
+RW_TEST(test_rw_direct_64k, ST_DIRECT, 64 * TU_KIB, 16 * TU_MIB, 800)
 RW_TEST(test_rw_lz4_4k, ST_LZ4, 4 * TU_KIB, 8 * TU_MIB, 3000)
 RW_TEST(test_rw_lz4_64k, ST_LZ4, 64 * TU_KIB, 16 * TU_MIB, 800)
 RW_TEST(test_rw_lz4_2m, ST_LZ4, 2 * TU_MIB, 32 * TU_MIB, 60)
@@ -643,6 +649,55 @@ static void test_flush_durable_partial(void **state)
 	upager_destroy(up);
 	free(orig);
 	free(want);
+}
+
+/* A store opened with UPAGER_STORE_DIRECT reads with O_DIRECT and writes
+ * back through the page cache (a second descriptor): units evicted and
+ * read again must come back as written, and a flush must reach the file,
+ * for aligned regions, a region with a partial last unit and one at an
+ * unaligned store offset. */
+static void direct_flush_run(uint64_t offset, size_t len)
+{
+	size_t page = 4 * TU_KIB, file_len = offset + len + 5000;
+	const char *path = tu_make_file("flush-direct.dat", file_len);
+	upager_store_t *s = tu_store_file(path, UPAGER_STORE_WRITABLE |
+					  UPAGER_STORE_DIRECT);
+	upager_t *up = tu_runtime(NULL);
+	void *addr = NULL;
+	struct upager_map_opts o = { .page_size = page,
+				     .flags = UPAGER_MAP_WRITEBACK,
+				     .max_resident = 4 * page };
+	TU_OK(upager_map(up, s, offset, len, &o, &addr));
+	upager_store_release(s);
+	uint8_t *a = addr, *want = xmalloc(file_len);
+	tu_fill(want, 0, file_len);
+	/* Every other unit rewritten, through the budget (evictions write
+	 * some back), the last one up to the region's last byte. */
+	uint64_t rng = offset ^ len;
+	for (size_t off = 0; off < len; off += 2 * page) {
+		size_t n = len - off < page ? len - off : page;
+		tu_fill_text(want + offset + off, n, &rng);
+		memcpy(a + off, want + offset + off, n);
+	}
+	size_t last = (len - 1) & ~(page - 1);
+	tu_fill_text(want + offset + last, len - last, &rng);
+	memcpy(a + last, want + offset + last, len - last);
+	TU_OK(upager_flush(up, a, len));
+	assert_int_equal(tu_stats(up, a).write_errors, 0);
+	/* The file around the region is untouched. */
+	child_compare(path, want, file_len, 0);
+	assert_same(a, want + offset, len, "region");
+	TU_OK(upager_unmap(up, a));
+	upager_destroy(up);
+	free(want);
+}
+
+static void test_flush_durable_direct(void **state)
+{
+	(void)state;
+	direct_flush_run(0, 64 * TU_KIB);
+	direct_flush_run(8 * TU_KIB, 64 * TU_KIB + 1000); /* a tail */
+	direct_flush_run(1000, 48 * TU_KIB);              /* unaligned */
 }
 
 /* ---- write errors ---- */
@@ -1340,6 +1395,8 @@ static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(test_rw_file_4k),
 	cmocka_unit_test(test_rw_file_64k),
 	cmocka_unit_test(test_rw_file_2m),
+	cmocka_unit_test(test_rw_direct_4k),
+	cmocka_unit_test(test_rw_direct_64k),
 	cmocka_unit_test(test_rw_lz4_4k),
 	cmocka_unit_test(test_rw_lz4_64k),
 	cmocka_unit_test(test_rw_lz4_2m),
@@ -1351,6 +1408,7 @@ static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(test_runtime_budget_two_regions),
 	cmocka_unit_test(test_flush_durable_under_budget),
 	cmocka_unit_test(test_flush_durable_partial),
+	cmocka_unit_test(test_flush_durable_direct),
 	cmocka_unit_test(test_flush_durable_after_write_fault),
 	cmocka_unit_test(test_seq_write_4k),
 	cmocka_unit_test(test_seq_write_4k_advised),
