@@ -337,7 +337,14 @@ struct upager_map_opts {
 				     upager_destroy. The store must be
 				     writable (a file store opened with
 				     UPAGER_STORE_WRITABLE, a custom store
-				     with ops->write, an lz4 store). */
+				     with ops->write, an lz4 store). Over an
+				     lz4 store alone, units are installed
+				     writable and count as dirty until
+				     written back (no write-protect fault on
+				     the first write); the store recognises
+				     the bytes it already holds and stores
+				     nothing for them (lz4 stat
+				     `unchanged`). */
 #define UPAGER_MAP_ZERO_REMOVED 0x2u /* pages the application drops
 				     (madvise MADV_DONTNEED/MADV_REMOVE, a
 				     balloon) read as zeros afterwards, as
@@ -509,7 +516,9 @@ struct upager_stats {
 	uint64_t writebacks;      /* units written back to the store */
 	uint64_t write_errors;    /* write-backs that failed (unit kept) */
 	uint64_t dirty_units;     /* units written since last written back
-				     (current value) */
+				     (current value; over an lz4 store
+				     alone, units installed since, see
+				     UPAGER_MAP_WRITEBACK) */
 	uint64_t resident_bytes;  /* bytes of installed units (current) */
 	/* Fault service time, from the manager reading the fault message to
 	 * the page being installed: bucket 0 counts times under 2 us, bucket
