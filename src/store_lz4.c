@@ -575,6 +575,41 @@ static void mark_bad(struct lz4s *s, uint64_t block, uint32_t gen)
 	pthread_mutex_unlock(&st->lock);
 }
 
+/* Copies the entry of @block into *@m, and its stored bytes (unless it
+ * is bad or all zeros) into @raw if they are stored raw, else into t->c:
+ * under the stripe lock, which the decompression need not hold. Marks the
+ * block used; @count: counts a read. Returns false if it is not held. */
+static bool snapshot(struct lz4s *s, uint64_t block, struct ent *m,
+		     uint8_t *raw, struct tls *t, bool count)
+{
+	struct stripe *st = stripe_of(s, block);
+
+	pthread_mutex_lock(&st->lock);
+	if (count)
+		st->reads++;
+	struct ent *e = find(st, block);
+	if (e) {
+		e->flags |= F_REF;
+		*m = *e;
+		if (!(m->flags & (F_BAD | F_ZERO)))
+			memcpy((m->flags & F_RAW) ? raw : t->c, m->data,
+			       m->csize);
+	}
+	pthread_mutex_unlock(&st->lock);
+	return e != NULL;
+}
+
+/* Decompresses a snapshot's bytes (t->c) into @out, unless they were
+ * stored raw (already there). Returns false if they do not decompress
+ * to a whole block. */
+static bool decode(const struct lz4s *s, const struct ent *m,
+		   const struct tls *t, uint8_t *out)
+{
+	return (m->flags & F_RAW) ||
+	       LZ4_decompress_safe((const char *)t->c, (char *)out,
+				   (int)m->csize, (int)s->bsize) == (int)s->bsize;
+}
+
 /* Copies bytes [@boff, @boff + @n) of held block @block to @dst. Returns
  * 1 when served, 0 when the block is not held (alone: it reads as zeros),
  * -EIO when it is damaged (alone). A damaged block of a stacked store is
@@ -582,37 +617,19 @@ static void mark_bad(struct lz4s *s, uint64_t block, uint32_t gen)
 static int cached_read(struct lz4s *s, uint64_t block, uint8_t *dst,
 		       size_t boff, size_t n, struct tls *t, bool count)
 {
-	struct stripe *st = stripe_of(s, block);
 	bool full = n == s->bsize;
 	uint8_t *out = full ? dst : t->u;
+	struct ent m;
 
-	pthread_mutex_lock(&st->lock);
-	if (count)
-		st->reads++;
-	struct ent *e = find(st, block);
-	if (!e) {
-		pthread_mutex_unlock(&st->lock);
+	if (!snapshot(s, block, &m, out, t, count))
 		return 0;
-	}
-	e->flags |= F_REF;
-	struct ent m = *e;
-	if (m.flags & F_BAD) {
-		pthread_mutex_unlock(&st->lock);
+	if (m.flags & F_BAD)
 		return -EIO; /* only alone: stacked ones are dropped */
-	}
 	if (m.flags & F_ZERO) {
-		pthread_mutex_unlock(&st->lock);
 		memset(dst, 0, n);
 		return 1;
 	}
-	memcpy((m.flags & F_RAW) ? out : t->c, m.data, m.csize);
-	pthread_mutex_unlock(&st->lock);
-
-	if (!(m.flags & F_RAW) &&
-	    LZ4_decompress_safe((const char *)t->c, (char *)out, (int)m.csize,
-				(int)s->bsize) != (int)s->bsize)
-		goto bad;
-	if (block_sum(out, s->bsize) != m.sum)
+	if (!decode(s, &m, t, out) || block_sum(out, s->bsize) != m.sum)
 		goto bad;
 	if (!full)
 		memcpy(dst, out + boff, n);
@@ -744,27 +761,14 @@ static int read_block(struct lz4s *s, uint64_t block, uint8_t *dst,
 static bool holds_same(struct lz4s *s, uint64_t block, const uint8_t *src,
 		       struct tls *t)
 {
-	struct stripe *st = stripe_of(s, block);
-	uint32_t sum = block_sum(src, s->bsize);
+	struct ent m;
 
-	pthread_mutex_lock(&st->lock);
-	struct ent *e = find(st, block);
-	if (!e) {
-		pthread_mutex_unlock(&st->lock);
+	if (!snapshot(s, block, &m, t->u, t, false))
 		return all_zero(src, s->bsize);
-	}
-	struct ent m = *e;
-	if ((m.flags & (F_BAD | F_ZERO)) || m.sum != sum) {
-		pthread_mutex_unlock(&st->lock);
+	if ((m.flags & (F_BAD | F_ZERO)) || m.sum != block_sum(src, s->bsize))
 		return false;
-	}
-	memcpy((m.flags & F_RAW) ? t->u : t->c, m.data, m.csize);
-	pthread_mutex_unlock(&st->lock);
-	if (!(m.flags & F_RAW) &&
-	    LZ4_decompress_safe((const char *)t->c, (char *)t->u, (int)m.csize,
-				(int)s->bsize) != (int)s->bsize)
-		return false; /* damaged: the write replaces it */
-	return memcmp(t->u, src, s->bsize) == 0;
+	/* Damaged bytes do not decompress: the write replaces them. */
+	return decode(s, &m, t, t->u) && memcmp(t->u, src, s->bsize) == 0;
 }
 
 static int write_block(struct lz4s *s, uint64_t block, const uint8_t *src,
