@@ -209,6 +209,17 @@ static void count_install(struct upager__region *r,
 	resident_add(r, 1);
 }
 
+/* Whether job j's units go in writable and dirty, rather than (in a
+ * write-protected region) protected, so that the first write is seen: a
+ * write fault's do, and every install in a region whose store compares at
+ * write-back (dirty_at_install). The install (finish) and the state it
+ * leaves (settle_units) must agree: a unit writable but clean would lose
+ * its writes at eviction. */
+static bool installs_dirty(const struct upager__req *j)
+{
+	return j->r->wp && (j->write || j->r->dirty_at_install);
+}
+
 /* Units [u, u+n) are installed (ok) or could not be: their state and
  * counters. A demand unit was counted before its install. */
 static void settle_units(const struct upager__req *j, size_t u, size_t n,
@@ -223,8 +234,7 @@ static void settle_units(const struct upager__req *j, size_t u, size_t n,
 			continue;
 		}
 		count_install(r, j, zero);
-		uint8_t set = r->wp && (j->write || r->dirty_at_install) ?
-			      UNIT_DIRTY : 0;
+		uint8_t set = installs_dirty(j) ? UNIT_DIRTY : 0;
 		uint8_t prev;
 		if (unit_update_prev(r->state, i, UNIT_FETCHING, UNIT_PRESENT,
 				     set, 0, &prev)) {
@@ -265,11 +275,7 @@ static void finish(struct upager__worker *w, const struct upager__req *j,
 		else
 			upager__wb_wait_room(w->up, r);
 	}
-	/* In a write-protected region a read fault installs the unit
-	 * protected, so the first write is seen; a write fault installs it
-	 * writable and already dirty, as every install does in a region
-	 * whose store compares at write-back (dirty_at_install). */
-	bool wp = r->wp && !j->write && !r->dirty_at_install;
+	bool wp = r->wp && !installs_dirty(j);
 	bool next_zero = false; /* unit i is known to be all zeros */
 	for (size_t i = 0; i < n;) {
 		bool zero = next_zero || unit_zero(data, want, i, ps);
