@@ -325,6 +325,8 @@ int upager__wb_start(upager_t *up) UPAGER__HIDDEN;
 void upager__wb_stop(upager_t *up) UPAGER__HIDDEN;
 /* A region went over its high watermark. */
 void upager__wb_kick(upager_t *up) UPAGER__HIDDEN;
+/* Kicks it if r (or the runtime) is at its high watermark. */
+void upager__wb_kick_over(upager_t *up, const struct upager__region *r) UPAGER__HIDDEN;
 /* Waits (briefly, bounded) until r is under its budget. */
 void upager__wb_wait_room(upager_t *up, struct upager__region *r) UPAGER__HIDDEN;
 /* Whether r (and the runtime) are below the level that wakes the write-back

@@ -268,10 +268,12 @@ static void finish(struct upager__worker *w, const struct upager__req *j,
 	if (atomic_load(&r->dead))
 		goto out;
 	if (r->budget_units || w->up->budget_units_4k) {
-		/* The manager only kicks the write-back thread: waiting
-		 * for it could mean waiting for itself. */
+		/* The manager only kicks the write-back thread, and only at
+		 * the high watermark (a kick below it is a wake-up on every
+		 * fault's path for nothing); waiting for it could mean
+		 * waiting for itself. */
 		if (w->manager)
-			upager__wb_kick(w->up);
+			upager__wb_kick_over(w->up, r);
 		else
 			upager__wb_wait_room(w->up, r);
 	}

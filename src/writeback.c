@@ -724,11 +724,16 @@ bool upager__wb_room(upager_t *up, const struct upager__region *r)
 	return !at_level(up, r, 7);
 }
 
+void upager__wb_kick_over(upager_t *up, const struct upager__region *r)
+{
+	if (at_level(up, r, 7))
+		upager__wb_kick(up);
+}
+
 void upager__wb_wait_room(upager_t *up, struct upager__region *r)
 {
 	struct upager__wb *wb = up->wb;
-	if (at_level(up, r, 7))
-		upager__wb_kick(up);
+	upager__wb_kick_over(up, r);
 	if (!at_level(up, r, 8) || !r->sp->local)
 		return;
 	/* At the budget: wait for an eviction batch, but never for long

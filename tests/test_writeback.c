@@ -15,7 +15,8 @@
  *    the region's resident_bytes every millisecond; the most it saw must
  *    stay within the budget plus one eviction batch (64 units). Also for a
  *    read-only region with a budget, and for the runtime-wide budget over
- *    two regions (one batch of slack per region).
+ *    two regions (one batch of slack per region). Below its budget a
+ *    region's faults never wake the write-back thread.
  *  - upager_flush is durable: once it returns 0 a forked child reading the
  *    file with pread finds exactly the bytes that were in memory; a flush of
  *    part of a region writes that part only; a flush right after a write
@@ -56,6 +57,7 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
+#include <dirent.h>
 #include <unistd.h>
 
 #define NTHREADS 4u
@@ -459,6 +461,85 @@ static void test_ro_budget_64k(void **state)
 {
 	(void)state;
 	ro_budget_run(64 * TU_KIB, 16 * TU_MIB, 1500);
+}
+
+/* ---- nothing to do below the budget ---- */
+
+/* Context switches so far of this process's thread named @name (found by
+ * its comm in /proc/self/task), or -1 if there is none. */
+static long thread_switches(const char *name)
+{
+	DIR *d = opendir("/proc/self/task");
+	assert_non_null(d);
+	long total = -1;
+	struct dirent *e;
+	while (total < 0 && (e = readdir(d))) {
+		char path[300], buf[4096];
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/task/%s/comm",
+			 e->d_name);
+		FILE *f = fopen(path, "r");
+		if (!f)
+			continue;
+		bool match = fgets(buf, sizeof(buf), f) &&
+			     strncmp(buf, name, strlen(name)) == 0 &&
+			     buf[strlen(name)] == '\n';
+		fclose(f);
+		if (!match)
+			continue;
+		snprintf(path, sizeof(path), "/proc/self/task/%s/status",
+			 e->d_name);
+		f = fopen(path, "r");
+		assert_non_null(f);
+		total = 0;
+		while (fgets(buf, sizeof(buf), f)) {
+			long v;
+			if (sscanf(buf, "voluntary_ctxt_switches: %ld", &v) == 1 ||
+			    sscanf(buf, "nonvoluntary_ctxt_switches: %ld", &v) == 1)
+				total += v;
+		}
+		fclose(f);
+	}
+	closedir(d);
+	return total;
+}
+
+/* A region well below its budget: faults never wake the write-back thread
+ * (it has nothing to evict; it wakes on its own every 100 ms to look).
+ * A kick per install put a wake-up, often one that crosses CPUs, on every
+ * fault's path. */
+static void test_quiet_below_budget(void **state)
+{
+	(void)state;
+	size_t len = 16 * TU_MIB, page = 4 * TU_KIB, npages = len / page;
+	unsigned touches = 2048;
+	const char *path = tu_make_file("quiet.dat", len);
+	upager_store_t *s = tu_store_file(path, UPAGER_STORE_WRITABLE);
+	upager_t *up = tu_runtime(NULL);
+	uint8_t *a = map_or_skip(up, s, len, page, UPAGER_MAP_WRITEBACK, len);
+	upager_store_release(s);
+	TU_OK(upager_advise(up, a, len, UPAGER_ADV_RANDOM));
+	long before = thread_switches("upager-wb");
+	assert_true(before >= 0);
+	for (unsigned i = 0; i < touches; i++) {
+		size_t off = (size_t)i * 1031 % npages * page + i % page;
+		if (a[off] != tu_byte(off))
+			fail_msg("byte %zu reads %#x, not %#x", off, a[off],
+				 tu_byte(off));
+	}
+	long woke = thread_switches("upager-wb") - before;
+	struct upager_stats st = tu_stats(up, a);
+	print_message("%u faults, write-back thread switched %ld times\n",
+		      (unsigned)st.faults, woke);
+	assert_true(st.faults >= touches);
+	assert_int_equal(st.evictions, 0);
+	/* One a fault would be 2048 or more; its own timer gives a few. */
+	if (woke >= (long)touches / 8)
+		fail_msg("the write-back thread switched %ld times over %u "
+			 "faults below the budget", woke, touches);
+	TU_OK(upager_unmap(up, a));
+	upager_destroy(up);
 }
 
 /* ---- the runtime-wide budget ---- */
@@ -1405,6 +1486,7 @@ static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(test_rw_lz4file_2m),
 	cmocka_unit_test(test_ro_budget_4k),
 	cmocka_unit_test(test_ro_budget_64k),
+	cmocka_unit_test(test_quiet_below_budget),
 	cmocka_unit_test(test_runtime_budget_two_regions),
 	cmocka_unit_test(test_flush_durable_under_budget),
 	cmocka_unit_test(test_flush_durable_partial),
