@@ -660,7 +660,10 @@ static void dispatch(struct mgr *m, struct upager__space *sp,
 
 /* Reads and serves what sp has pending, a bounded number of batches so
  * that one busy space cannot starve the others (epoll is level-triggered:
- * the rest is reported again). Returns false if the descriptor is dead. */
+ * the rest is reported again). A batch that was not full ends it too: a
+ * read that would meet EAGAIN is a system call on every fault's path, and
+ * a message that came meanwhile is reported again. Returns false if the
+ * descriptor is dead. */
 static bool serve(struct mgr *m, struct upager__space *sp, struct uffd_msg *msgs)
 {
 	upager_t *up = m->up;
@@ -670,6 +673,8 @@ static bool serve(struct mgr *m, struct upager__space *sp, struct uffd_msg *msgs
 		if (n > 0)
 			dispatch(m, sp, msgs, (size_t)n / sizeof(*msgs));
 		atomic_fetch_add(&up->mgr_epoch, 1); /* even: handled */
+		if (n > 0 && (size_t)n < BATCH * sizeof(*msgs))
+			return true;
 		if (n > 0)
 			continue;
 		if (n < 0 && errno == EINTR)
