@@ -647,6 +647,14 @@ static size_t over_budget(upager_t *up, struct upager__region **out,
 
 /* ---- the thread ---- */
 
+/* Whether a request has work for unit u of r: a PRESENT unit to drop
+ * (evict), or a PRESENT dirty one to write back. */
+static bool has_work(const struct upager__region *r, size_t u, bool evict)
+{
+	uint8_t b = unit_byte(r->state, u);
+	return (b & UNIT_STATE) == UNIT_PRESENT && (evict || (b & UNIT_DIRTY));
+}
+
 static void serve_requests(struct upager__wb *wb)
 {
 	pthread_mutex_lock(&wb->lock);
@@ -658,11 +666,16 @@ static void serve_requests(struct upager__wb *wb)
 		list = q->next;
 		size_t units[BATCH];
 		int rc = 0;
+		/* Batches of units there is work for (claim() checks again):
+		 * a flush of a range where dirty units are sparse then costs
+		 * a few full batches, not a batch, a ring round trip and a
+		 * scratch reset for every 64 units of the range. */
 		for (size_t u = q->first; u < q->first + q->count;) {
 			size_t n = 0;
-			while (n < BATCH && u < q->first + q->count)
-				units[n++] = u++;
-			int e = process(wb, q->r, units, n, q->evict);
+			for (; n < BATCH && u < q->first + q->count; u++)
+				if (has_work(q->r, u, q->evict))
+					units[n++] = u;
+			int e = n ? process(wb, q->r, units, n, q->evict) : 0;
 			if (e && !rc)
 				rc = e;
 		}
