@@ -479,7 +479,11 @@ static void settle(struct upager__wb *wb, struct upager__region *r,
 		upager__install(r, it->u, 1, it->data, FILL_COPY, false);
 	if (keep) {
 		bool dirty = was_dirty && (it->rc != 0 || !r->writeback);
-		if (!dirty && r->wp)
+		/* A unit copied out was protected before the copy (and any
+		 * write since waits for us): protecting it again would be
+		 * one more ioctl and TLB flush a unit. */
+		bool protected = it->data && !it->moved;
+		if (!dirty && r->wp && !protected)
 			upager__uffd_writeprotect(up->home.uffd, ua,
 						  r->page_size, true);
 		unit_update(r->state, it->u, UNIT_BUSY, UNIT_PRESENT,
