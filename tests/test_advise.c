@@ -4,8 +4,8 @@
  * WILLNEED fetches a range ahead of any access: once the counters say it
  * is prefetched, reading it raises no fault. SEQUENTIAL turns readahead on
  * for a region, RANDOM turns it off, NORMAL restores the region's own
- * window. With readahead a sequential scan faults on far fewer units than
- * it reads. Waits for asynchronous prefetch are bounded (10 s).
+ * window. With readahead a sequential scan fetches far fewer units on
+ * demand than it reads, and (with SEQUENTIAL advice) faults on far fewer. Waits for asynchronous prefetch are bounded (10 s).
  */
 #define _GNU_SOURCE
 #include "testutil.h"
@@ -209,11 +209,17 @@ static void readahead_scan(size_t page, size_t readahead)
 	       page / TU_KIB, readahead / TU_KIB, f.units,
 	       (double)(tu_now_ns() - t0) / 1e6);
 	tu_print_stats("region", &st);
-	assert_true(st.prefetched > 0);
-	if (st.faults >= f.units / 2)
-		fail_msg("sequential scan of %zu units faulted %llu times "
-			 "with readahead",
-			 f.units, (unsigned long long)st.faults);
+	/* Units the scan had to fetch on a fault, readahead having not
+	 * queued them first. Not the fault count: a fault on a unit whose
+	 * readahead is still in flight counts too, and how many there are
+	 * depends on how the CPUs are shared (68 of 128 once, with the whole
+	 * suite running beside it). */
+	uint64_t demand = st.pages_installed - st.prefetched;
+	if (demand >= f.units / 2)
+		fail_msg("sequential scan of %zu units fetched %llu of them on "
+			 "demand with readahead (%llu faults)", f.units,
+			 (unsigned long long)demand,
+			 (unsigned long long)st.faults);
 	assert_int_equal(st.pages_installed, f.units);
 	assert_int_equal(st.bytes_fetched, f.length);
 	teardown(&f);
