@@ -8,7 +8,6 @@
 #define _GNU_SOURCE
 #include "testutil.h"
 
-#include <dirent.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -31,27 +30,9 @@ static const char *data_path(void)
 /* The manager thread of the one runtime alive in this process. */
 static pid_t manager_tid(void)
 {
-	DIR *d = opendir("/proc/self/task");
-	assert_non_null(d);
-	pid_t found = 0;
-	struct dirent *e;
-	while ((e = readdir(d))) {
-		if (e->d_name[0] == '.')
-			continue;
-		char path[300], comm[32] = "";
-		snprintf(path, sizeof(path), "/proc/self/task/%s/comm",
-			 e->d_name);
-		FILE *f = fopen(path, "r");
-		if (!f)
-			continue;
-		if (fgets(comm, sizeof(comm), f) &&
-		    strcmp(comm, "upager-mgr\n") == 0)
-			found = (pid_t)atoi(e->d_name);
-		fclose(f);
-	}
-	closedir(d);
-	assert_true(found > 0);
-	return found;
+	pid_t tid = tu_thread_tid("upager-mgr");
+	assert_true(tid > 0);
+	return tid;
 }
 
 /* The single CPU tid may run on, or -1 when it may run on several. */

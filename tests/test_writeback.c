@@ -57,7 +57,6 @@
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
-#include <dirent.h>
 #include <unistd.h>
 
 #define NTHREADS 4u
@@ -465,43 +464,25 @@ static void test_ro_budget_64k(void **state)
 
 /* ---- nothing to do below the budget ---- */
 
-/* Context switches so far of this process's thread named @name (found by
- * its comm in /proc/self/task), or -1 if there is none. */
+/* Context switches so far of this process's thread named @name, or -1
+ * if there is none. */
 static long thread_switches(const char *name)
 {
-	DIR *d = opendir("/proc/self/task");
-	assert_non_null(d);
-	long total = -1;
-	struct dirent *e;
-	while (total < 0 && (e = readdir(d))) {
-		char path[300], buf[4096];
-		if (e->d_name[0] == '.')
-			continue;
-		snprintf(path, sizeof(path), "/proc/self/task/%s/comm",
-			 e->d_name);
-		FILE *f = fopen(path, "r");
-		if (!f)
-			continue;
-		bool match = fgets(buf, sizeof(buf), f) &&
-			     strncmp(buf, name, strlen(name)) == 0 &&
-			     buf[strlen(name)] == '\n';
-		fclose(f);
-		if (!match)
-			continue;
-		snprintf(path, sizeof(path), "/proc/self/task/%s/status",
-			 e->d_name);
-		f = fopen(path, "r");
-		assert_non_null(f);
-		total = 0;
-		while (fgets(buf, sizeof(buf), f)) {
-			long v;
-			if (sscanf(buf, "voluntary_ctxt_switches: %ld", &v) == 1 ||
-			    sscanf(buf, "nonvoluntary_ctxt_switches: %ld", &v) == 1)
-				total += v;
-		}
-		fclose(f);
+	pid_t tid = tu_thread_tid(name);
+	if (tid <= 0)
+		return -1;
+	char path[64], buf[256];
+	snprintf(path, sizeof(path), "/proc/self/task/%d/status", (int)tid);
+	FILE *f = fopen(path, "r");
+	assert_non_null(f);
+	long total = 0;
+	while (fgets(buf, sizeof(buf), f)) {
+		long v;
+		if (sscanf(buf, "voluntary_ctxt_switches: %ld", &v) == 1 ||
+		    sscanf(buf, "nonvoluntary_ctxt_switches: %ld", &v) == 1)
+			total += v;
 	}
-	closedir(d);
+	fclose(f);
 	return total;
 }
 

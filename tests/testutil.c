@@ -11,6 +11,7 @@
 #define _GNU_SOURCE
 #include "testutil.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -295,6 +296,32 @@ void tu_print_stats(const char *what, const struct upager_stats *st)
 }
 
 /* ---- time, randomness, threads, children ---- */
+
+pid_t tu_thread_tid(const char *name)
+{
+	DIR *d = opendir("/proc/self/task");
+	if (!d)
+		return 0;
+	size_t len = strlen(name);
+	pid_t found = 0;
+	struct dirent *e;
+	while (!found && (e = readdir(d))) {
+		if (e->d_name[0] == '.')
+			continue;
+		char path[300], comm[64] = "";
+		snprintf(path, sizeof(path), "/proc/self/task/%s/comm",
+			 e->d_name);
+		FILE *f = fopen(path, "r");
+		if (!f)
+			continue;
+		if (fgets(comm, sizeof(comm), f) &&
+		    strncmp(comm, name, len) == 0 && comm[len] == '\n')
+			found = (pid_t)atoi(e->d_name);
+		fclose(f);
+	}
+	closedir(d);
+	return found;
+}
 
 uint64_t tu_now_ns(void)
 {

@@ -127,6 +127,9 @@ void tu_print_stats(const char *what, const struct upager_stats *st);
 
 uint64_t tu_now_ns(void);
 void tu_sleep_ms(unsigned ms);
+/* The thread of this process named @name (its comm, e.g. "upager-mgr"),
+ * or 0 if there is none; with several, any one of them. */
+pid_t tu_thread_tid(const char *name);
 /* xorshift64* step; *state must be non-zero. */
 uint64_t tu_rand(uint64_t *state);
 /* Fisher-Yates shuffle of @n indices with seed @seed (0..n-1 on entry
