@@ -323,9 +323,8 @@ int upager__uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len,
 
 int upager__wb_start(upager_t *up) UPAGER__HIDDEN;
 void upager__wb_stop(upager_t *up) UPAGER__HIDDEN;
-/* A region went over its high watermark. */
-void upager__wb_kick(upager_t *up) UPAGER__HIDDEN;
-/* Kicks it if r (or the runtime) is at its high watermark. */
+/* Wakes the write-back thread if r (or the runtime) is at its high
+ * watermark; below it the thread has nothing to do. */
 void upager__wb_kick_over(upager_t *up, const struct upager__region *r) UPAGER__HIDDEN;
 /* Waits (briefly, bounded) until r is under its budget. */
 void upager__wb_wait_room(upager_t *up, struct upager__region *r) UPAGER__HIDDEN;
@@ -333,8 +332,9 @@ void upager__wb_wait_room(upager_t *up, struct upager__region *r) UPAGER__HIDDEN
  * thread: an install now needs no room made first. */
 bool upager__wb_room(upager_t *up, const struct upager__region *r) UPAGER__HIDDEN;
 /* Writes back the dirty units of r in [first, first+count); evict: drop
- * them too (clean ones as well). Blocks until done. Returns 0 or the
- * first write error. Caller holds a reference on r. */
+ * them too (clean ones as well). Waits first for units of the range still
+ * FETCHING (a thread may have written one already). Blocks until done.
+ * Returns 0 or the first write error. Caller holds a reference on r. */
 int upager__wb_range(upager_t *up, struct upager__region *r, size_t first,
 		     size_t count, bool evict) UPAGER__HIDDEN;
 

@@ -21,7 +21,6 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/mman.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "internal.h"
@@ -189,36 +188,11 @@ int upager__region_remove(struct upager__space *sp, uintptr_t base)
 	return 0;
 }
 
-/* Waits until no unit of r in [first, first+count) is FETCHING. An
- * install maps a unit before it marks it PRESENT (and dirty, where it goes
- * in writable), and only then wakes the faulting thread; but the kernel
- * does not hold a faulting thread until that wake: once the page is mapped,
- * any wake-up (a signal, a retry) lets it go on. Readahead puts units in
- * that a thread reaches with no fault at all, and a write-protect fault
- * un-protects a unit it holds FETCHING. So a thread may have written a unit
- * that is still FETCHING and then ask for a write-back that must include
- * it, while the write-back thread claims only PRESENT units. (Seen: 1 in
- * about 4000 flushes right after a write fault missed the write, under
- * load.) The wait ends when the fetch does. */
-static void fetches_settle(struct upager__region *r, size_t first,
-			   size_t count)
-{
-	for (size_t u = first; u < first + count; u++) {
-		while ((unit_byte(r->state, u) & UNIT_STATE) == UNIT_FETCHING &&
-		       !atomic_load(&r->dead) &&
-		       !atomic_load(&r->up->stopping)) {
-			struct timespec ts = { 0, 20000 };
-			nanosleep(&ts, NULL);
-		}
-	}
-}
-
 int upager__region_flush(struct upager__region *r, size_t first,
 			  size_t count)
 {
 	if (!r->writeback)
 		return 0;
-	fetches_settle(r, first, count);
 	int rc = upager__wb_range(r->up, r, first, count, false);
 	if (rc == 0 && r->store->kind == UPAGER__STORE_FILE &&
 	    fdatasync(r->store->wfd))
@@ -294,7 +268,6 @@ int upager__space_advise(struct upager__space *sp, uintptr_t a, size_t len,
 	case UPAGER_ADV_DONTNEED:
 		if (r->writeback) {
 			/* Written back, then dropped. */
-			fetches_settle(r, first, count);
 			rc = upager__wb_range(sp->up, r, first, count, true);
 			break;
 		}

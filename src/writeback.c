@@ -726,7 +726,7 @@ static void *wb_main(void *arg)
 	return NULL;
 }
 
-void upager__wb_kick(upager_t *up)
+static void wb_kick(upager_t *up)
 {
 	struct upager__wb *wb = up->wb;
 	if (atomic_exchange(&wb->kicked, true))
@@ -744,7 +744,7 @@ bool upager__wb_room(upager_t *up, const struct upager__region *r)
 void upager__wb_kick_over(upager_t *up, const struct upager__region *r)
 {
 	if (at_level(up, r, 7))
-		upager__wb_kick(up);
+		wb_kick(up);
 }
 
 void upager__wb_wait_room(upager_t *up, struct upager__region *r)
@@ -772,10 +772,35 @@ void upager__wb_wait_room(upager_t *up, struct upager__region *r)
 	pthread_mutex_unlock(&wb->lock);
 }
 
+/* Waits until no unit of r in [first, first+count) is FETCHING. An
+ * install maps a unit before it marks it PRESENT (and dirty, where it goes
+ * in writable), and only then wakes the faulting thread; but the kernel
+ * does not hold a faulting thread until that wake: once the page is mapped,
+ * any wake-up (a signal, a retry) lets it go on. Readahead puts units in
+ * that a thread reaches with no fault at all, and a write-protect fault
+ * un-protects a unit it holds FETCHING. So a thread may have written a unit
+ * that is still FETCHING and then ask for a write-back that must include
+ * it, while the write-back thread claims only PRESENT units. (Seen: 1 in
+ * about 4000 flushes right after a write fault missed the write, under
+ * load.) The wait ends when the fetch does. */
+static void fetches_settle(struct upager__region *r, size_t first,
+			   size_t count)
+{
+	for (size_t u = first; u < first + count; u++) {
+		while ((unit_byte(r->state, u) & UNIT_STATE) == UNIT_FETCHING &&
+		       !atomic_load(&r->dead) &&
+		       !atomic_load(&r->up->stopping)) {
+			struct timespec ts = { 0, 20000 };
+			nanosleep(&ts, NULL);
+		}
+	}
+}
+
 int upager__wb_range(upager_t *up, struct upager__region *r, size_t first,
 		     size_t count, bool evict)
 {
 	struct upager__wb *wb = up->wb;
+	fetches_settle(r, first, count);
 	struct wb_req q = {
 		.r = r, .first = first, .count = count, .evict = evict,
 	};
