@@ -5,7 +5,8 @@
  * is prefetched, reading it raises no fault. SEQUENTIAL turns readahead on
  * for a region, RANDOM turns it off, NORMAL restores the region's own
  * window. With readahead a sequential scan fetches far fewer units on
- * demand than it reads, and (with SEQUENTIAL advice) faults on far fewer. Waits for asynchronous prefetch are bounded (10 s).
+ * demand than it reads, and (with SEQUENTIAL advice) faults on far fewer.
+ * Waits for asynchronous prefetch are bounded (10 s).
  */
 #define _GNU_SOURCE
 #include "testutil.h"
