@@ -115,6 +115,22 @@ struct upager_config {
 				   pins itself to that thread's CPU (checked
 				   every 10 ms): a fault's wake-ups then stay
 				   on one CPU (see docs/design.md) */
+#define UPAGER_CFG_INLINE 2u /* faults are served by the faulting thread
+				itself, in a SIGBUS handler, instead of
+				by the manager: no thread switch per
+				fault (docs/design.md, section 9).
+				Regions must use file stores (upager_map
+				gives -EOPNOTSUPP otherwise). The runtime
+				takes the process's SIGBUS handler and
+				passes every SIGBUS not its own to the
+				handler that was there when it was
+				created: install yours before
+				upager_create. A system call that touches
+				a page not yet present (read(2) into the
+				region) fails with EFAULT instead of
+				waiting for it. Not with daemon_socket
+				(-EINVAL); -EOPNOTSUPP where the kernel
+				lacks UFFD_FEATURE_SIGBUS */
 
 /* Values of upager_config.daemon_fallback. */
 #define UPAGER_DAEMON_FALLBACK_LOCAL 0u  /* start this process's own manager

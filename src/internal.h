@@ -245,6 +245,13 @@ bool upager__worker_start_local(struct upager__worker *w,
 void upager__workers_stop(upager_t *up) UPAGER__HIDDEN;
 /* Wakes up to n sleeping workers after work was queued. */
 void upager__workers_kick(upager_t *up, unsigned n) UPAGER__HIDDEN;
+/* Bytes of store data in units [u, u+n) of r (the rest reads as zeros). */
+size_t upager__run_want(const struct upager__region *r, size_t u,
+			size_t n) UPAGER__HIDDEN;
+/* Units [u, u+n) of job j were installed (ok) or could not be: they leave
+ * FETCHING, counted. Shared by the workers and inline.c. */
+void upager__settle(const struct upager__req *j, size_t u, size_t n,
+		    bool ok) UPAGER__HIDDEN;
 
 /* ---- manager (manager.c) ---- */
 
@@ -286,7 +293,10 @@ struct upager__uffd_caps {
 	bool wp;        /* write-protect faults on anonymous memory */
 };
 
-int upager__uffd_open(int *fd, struct upager__uffd_caps *caps) UPAGER__HIDDEN;
+/* sigbus: faults raise SIGBUS in the faulting thread instead of queueing
+ * a message (UFFD_FEATURE_SIGBUS; -EOPNOTSUPP without it). */
+int upager__uffd_open(int *fd, struct upager__uffd_caps *caps,
+		      bool sigbus) UPAGER__HIDDEN;
 int upager__uffd_unregister(int fd, uintptr_t base, size_t len) UPAGER__HIDDEN;
 int upager__uffd_wake(int fd, uintptr_t base, size_t len) UPAGER__HIDDEN;
 /* One ioctl each; *done gets the bytes handled before the error (never a
@@ -326,6 +336,9 @@ void upager__wb_stop(upager_t *up) UPAGER__HIDDEN;
 /* Wakes the write-back thread if r (or the runtime) is at its high
  * watermark; below it the thread has nothing to do. */
 void upager__wb_kick_over(upager_t *up, const struct upager__region *r) UPAGER__HIDDEN;
+/* Whether r (or the runtime) is at its budget: an install now would go
+ * over it. */
+bool upager__wb_full(upager_t *up, const struct upager__region *r) UPAGER__HIDDEN;
 /* Waits (briefly, bounded) until r is under its budget. */
 void upager__wb_wait_room(upager_t *up, struct upager__region *r) UPAGER__HIDDEN;
 /* Whether r (and the runtime) are below the level that wakes the write-back
@@ -421,6 +434,7 @@ struct upager {
 	pthread_t manager;
 	bool manager_started;
 	bool no_follow;               /* UPAGER_CFG_NO_FOLLOW */
+	bool inline_faults;           /* UPAGER_CFG_INLINE (inline.c) */
 	struct upager__worker *workers;
 	struct upager__worker *mgr_w; /* the manager's own ring and slots */
 	struct mgr *mgr;              /* manager.c's state */
@@ -436,6 +450,14 @@ struct upager {
 };
 
 uint64_t upager__now_ns(void) UPAGER__HIDDEN;
+
+/* ---- inline.c: faults served by the faulting thread (UPAGER_CFG_INLINE) ---- */
+
+/* Makes up's regions served by the SIGBUS handler (installing it if no
+ * other runtime has). -EBUSY when too many runtimes are attached. */
+int upager__inline_attach(upager_t *up) UPAGER__HIDDEN;
+/* Undoes attach; returns once no handler is serving one of up's faults. */
+void upager__inline_detach(upager_t *up) UPAGER__HIDDEN;
 
 /* ---- client.c: a runtime served by upagerd (config.daemon_socket) ---- */
 
@@ -470,6 +492,38 @@ static inline void resident_add(struct upager__region *r, int d)
 		atomic_fetch_sub(&r->resident, 1);
 		atomic_fetch_sub(&r->up->resident_4k, pages);
 	}
+}
+
+/* Accounting for a PRESENT unit (old byte b) that is no longer there. */
+static inline void unit_forgotten(struct upager__region *r, uint8_t b)
+{
+	resident_add(r, -1);
+	if (b & UNIT_DIRTY)
+		atomic_fetch_sub(&r->dirty, 1);
+}
+
+/* Takes the PRESENT clean unit v for the caller alone (the manager, or a
+ * thread serving its own write fault) while it is made dirty and writable: it becomes FETCHING with DIRTY set. FETCHING keeps
+ * the write-back thread from claiming it meanwhile (a claim, write-back
+ * and re-protection just before the un-protect would leave the unit
+ * writable and clean: later writes would never be seen), and no worker
+ * touches a unit it did not fetch itself. False if v is not PRESENT and
+ * clean. */
+static inline bool hold_clean(struct upager__region *r, size_t v)
+{
+	uint8_t b = unit_byte(r->state, v);
+	if ((b & UNIT_STATE) != UNIT_PRESENT || (b & UNIT_DIRTY))
+		return false;
+	uint8_t nb = (uint8_t)((b & ~UNIT_STATE) | UNIT_FETCHING | UNIT_DIRTY);
+	return __atomic_compare_exchange_n(&r->state[v], &b, nb, false,
+					   __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
+
+/* Ends hold_clean(): the unit is PRESENT and counted dirty. */
+static inline void release_dirty(struct upager__region *r, size_t v)
+{
+	if (unit_cas(r->state, v, UNIT_FETCHING, UNIT_PRESENT))
+		atomic_fetch_add(&r->dirty, 1);
 }
 
 #endif /* UPAGER_INTERNAL_H */

@@ -321,38 +321,6 @@ static size_t fault_readahead(upager_t *up, struct upager__region *r, size_t u,
 	return wend;
 }
 
-/* Accounting for a PRESENT unit (old byte b) that is no longer there. */
-static void unit_forgotten(struct upager__region *r, uint8_t b)
-{
-	resident_add(r, -1);
-	if (b & UNIT_DIRTY)
-		atomic_fetch_sub(&r->dirty, 1);
-}
-
-/* Takes the PRESENT clean unit v for the manager alone while it is made
- * dirty and writable: it becomes FETCHING with DIRTY set. FETCHING keeps
- * the write-back thread from claiming it meanwhile (a claim, write-back
- * and re-protection just before the un-protect would leave the unit
- * writable and clean: later writes would never be seen), and no worker
- * touches a unit it did not fetch itself. False if v is not PRESENT and
- * clean. */
-static bool hold_clean(struct upager__region *r, size_t v)
-{
-	uint8_t b = unit_byte(r->state, v);
-	if ((b & UNIT_STATE) != UNIT_PRESENT || (b & UNIT_DIRTY))
-		return false;
-	uint8_t nb = (uint8_t)((b & ~UNIT_STATE) | UNIT_FETCHING | UNIT_DIRTY);
-	return __atomic_compare_exchange_n(&r->state[v], &b, nb, false,
-					   __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
-}
-
-/* Ends hold_clean(): the unit is PRESENT and counted dirty. */
-static void release_dirty(struct upager__region *r, size_t v)
-{
-	if (unit_cas(r->state, v, UNIT_FETCHING, UNIT_PRESENT))
-		atomic_fetch_add(&r->dirty, 1);
-}
-
 /* A write to a write-protected page: the unit becomes dirty and writable,
  * and on a write stream the clean units after it as well. While the
  * write-back thread owns the unit the thread waits for it. */

@@ -35,7 +35,10 @@ static bool pow2(uint64_t v)
 
 static int check_config(const struct upager_config *c)
 {
-	if (c->workers > 256 || (c->flags & ~UPAGER_CFG_NO_FOLLOW))
+	if (c->workers > 256 ||
+	    (c->flags & ~(UPAGER_CFG_NO_FOLLOW | UPAGER_CFG_INLINE)))
+		return -EINVAL;
+	if ((c->flags & UPAGER_CFG_INLINE) && c->daemon_socket)
 		return -EINVAL;
 	if (c->daemon_fallback > UPAGER_DAEMON_FALLBACK_SIGBUS)
 		return -EINVAL;
@@ -74,6 +77,7 @@ int upager_create(const struct upager_config *cfg, upager_t **out)
 	up->nworkers = c.workers ? c.workers : default_workers();
 	up->queue_depth = c.queue_depth ? c.queue_depth : DEFAULT_QD;
 	up->no_follow = c.flags & UPAGER_CFG_NO_FOLLOW;
+	up->inline_faults = c.flags & UPAGER_CFG_INLINE;
 	up->ctl_fd = -1;
 	up->epfd = -1;
 
@@ -95,7 +99,7 @@ int upager_create(const struct upager_config *cfg, upager_t **out)
 		goto fail_prefetch;
 	int uffd;
 	struct upager__uffd_caps caps;
-	rc = upager__uffd_open(&uffd, &caps);
+	rc = upager__uffd_open(&uffd, &caps, up->inline_faults);
 	if (rc)
 		goto fail_uffd;
 	rc = upager__space_init(up, &up->home, uffd, true);
@@ -141,9 +145,17 @@ int upager_create(const struct upager_config *cfg, upager_t **out)
 	rc = upager__manager_start(up);
 	if (rc)
 		goto fail_manager;
+	if (up->inline_faults && (rc = upager__inline_attach(up)))
+		goto fail_attach;
 	*out = up;
 	return 0;
 
+fail_attach:
+	atomic_store(&up->stopping, true);
+	uint64_t one = 1;
+	ssize_t wn = write(up->ctl_fd, &one, sizeof(one));
+	(void)wn;
+	pthread_join(up->manager, NULL);
 fail_manager:
 	upager__workers_stop(up);
 fail_workers:
@@ -271,6 +283,8 @@ void upager_destroy(upager_t *up)
 		upager_space_close((upager_space_t *)sp);
 	}
 	upager__space_clear(&up->home);
+	if (up->inline_faults)
+		upager__inline_detach(up);
 	atomic_store(&up->stopping, true);
 	uint64_t one = 1;
 	ssize_t n = write(up->ctl_fd, &one, sizeof(one));

@@ -58,6 +58,11 @@ int upager__region_new(struct upager__space *sp, upager_store_t *store,
 	if (offset + length < offset || length > SIZE_MAX - o.page_size)
 		return -EINVAL;
 
+	/* Inline faults read with pread(2) in a signal handler: file
+	 * stores only (a custom store's callbacks may lock or allocate). */
+	if (sp == &sp->up->home && sp->up->inline_faults &&
+	    store->kind != UPAGER__STORE_FILE)
+		return -EOPNOTSUPP;
 	if (writeback && !(store->kind == UPAGER__STORE_FILE ? store->wfd >= 0 :
 					   store->ops.write != NULL))
 		return -EINVAL; /* nowhere to write back to */

@@ -56,7 +56,7 @@ static int uffd_new(void)
 	return fd >= 0 ? fd : -err2;
 }
 
-int upager__uffd_open(int *out, struct upager__uffd_caps *caps)
+int upager__uffd_open(int *out, struct upager__uffd_caps *caps, bool sigbus)
 {
 	/* A descriptor accepts one UFFDIO_API: probe on a throwaway one. */
 	int probe = uffd_new();
@@ -69,11 +69,14 @@ int upager__uffd_open(int *out, struct upager__uffd_caps *caps)
 		return rc;
 	if ((api.features & NEED_FEATURES) != NEED_FEATURES)
 		return -EOPNOTSUPP;
+	if (sigbus && !(api.features & UFFD_FEATURE_SIGBUS))
+		return -EOPNOTSUPP;
 
 	int fd = uffd_new();
 	if (fd < 0)
 		return fd;
-	uint64_t want = NEED_FEATURES | (api.features & WANT_FEATURES);
+	uint64_t want = NEED_FEATURES | (api.features & WANT_FEATURES) |
+			(sigbus ? UFFD_FEATURE_SIGBUS : 0);
 	struct uffdio_api api2 = { .api = UFFD_API, .features = want };
 	if (ioctl(fd, UFFDIO_API, &api2)) {
 		rc = -errno;

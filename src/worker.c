@@ -142,8 +142,7 @@ static bool all_zero(const char *p, size_t n)
 	return n == 0 || (p[0] == 0 && memcmp(p, p + 1, n - 1) == 0);
 }
 
-/* Bytes of store data in units [u, u+n) (the rest reads as zeros). */
-static size_t run_want(const struct upager__region *r, size_t u, size_t n)
+size_t upager__run_want(const struct upager__region *r, size_t u, size_t n)
 {
 	uint64_t start = (uint64_t)u << r->page_shift;
 	if (start >= r->data_end)
@@ -247,6 +246,11 @@ static void settle_units(const struct upager__req *j, size_t u, size_t n,
 			resident_add(r, -1);
 		}
 	}
+}
+
+void upager__settle(const struct upager__req *j, size_t u, size_t n, bool ok)
+{
+	settle_units(j, u, n, false, ok);
 }
 
 /* Whether unit i of a job's data (want store bytes, then zeros) is all
@@ -406,7 +410,7 @@ static void submit_read(struct upager__worker *w, struct slot *sl)
 static bool can_start(struct upager__worker *w, const struct upager__region *r,
 		      size_t u, size_t n)
 {
-	if (atomic_load(&r->dead) || run_want(r, u, n) == 0)
+	if (atomic_load(&r->dead) || upager__run_want(r, u, n) == 0)
 		return true;
 	/* Room for the units plus the alignment page of O_DIRECT. */
 	size_t np = (n << r->page_shift) / 4096 + 1;
@@ -425,7 +429,7 @@ static bool start(struct upager__worker *w, const struct upager__req *j)
 		upager__region_put(r);
 		return true;
 	}
-	size_t want = run_want(r, u, n);
+	size_t want = upager__run_want(r, u, n);
 	/* Dropped by the application in a ZERO_REMOVED region: zeros, no
 	 * read (demand jobs are single units). */
 	if (n == 1 && (unit_byte(r->state, u) & UNIT_ZEROED))
@@ -667,7 +671,7 @@ bool upager__worker_start_local(struct upager__worker *w,
 	 * job is to keep reading faults, unless the store is in memory and
 	 * the read is short (a small unit's decompression). */
 	if (r->store->kind != UPAGER__STORE_FILE &&
-	    run_want(r, j->unit, job_units(j)) != 0 &&
+	    upager__run_want(r, j->unit, job_units(j)) != 0 &&
 	    (!r->store->in_memory ||
 	     (job_units(j) << r->page_shift) > MANAGER_SYNC_MAX))
 		return false;

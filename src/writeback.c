@@ -741,6 +741,11 @@ bool upager__wb_room(upager_t *up, const struct upager__region *r)
 	return !at_level(up, r, 7);
 }
 
+bool upager__wb_full(upager_t *up, const struct upager__region *r)
+{
+	return at_level(up, r, 8);
+}
+
 void upager__wb_kick_over(upager_t *up, const struct upager__region *r)
 {
 	if (at_level(up, r, 7))

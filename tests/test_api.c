@@ -64,7 +64,7 @@ static void test_create_rejects_bad_config(void **state)
 			  "workers 257");
 	expect_bad_config((struct upager_config){ .workers = UINT_MAX },
 			  "workers UINT_MAX");
-	expect_bad_config((struct upager_config){ .flags = 2 }, "flags 2");
+	expect_bad_config((struct upager_config){ .flags = 4 }, "flags 4");
 	expect_bad_config((struct upager_config){ .flags = 0x80000000u },
 			  "flags 1<<31");
 	expect_bad_config((struct upager_config){ .max_pending = 15 },

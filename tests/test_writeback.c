@@ -279,10 +279,14 @@ static void run_rw(uint8_t *base, uint8_t *shadow, size_t len, size_t page,
 				 t[i].want);
 }
 
-enum store_kind { ST_FILE, ST_LZ4, ST_LZ4_FILE, ST_DIRECT };
+/* INLINE: a file store in a runtime whose faults are served by the
+ * faulting threads (UPAGER_CFG_INLINE); INLINE_DIRECT with O_DIRECT. */
+enum store_kind { ST_FILE, ST_LZ4, ST_LZ4_FILE, ST_DIRECT, ST_INLINE,
+		  ST_INLINE_DIRECT };
 
 static const char *const kind_name[] = { "file", "lz4", "lz4+file",
-					 "direct" };
+					 "direct", "inline",
+					 "inline-direct" };
 
 struct rw_case {
 	enum store_kind kind;
@@ -307,7 +311,8 @@ static void rw_case_run(const struct rw_case *c)
 		tu_fill(shadow, 0, c->len);
 		/* Direct: reads bypass the cache the write-backs go to. */
 		file = tu_store_file(path, UPAGER_STORE_WRITABLE |
-				     (c->kind == ST_DIRECT ?
+				     (c->kind == ST_DIRECT ||
+				      c->kind == ST_INLINE_DIRECT ?
 				      UPAGER_STORE_DIRECT : 0));
 	}
 	if (c->kind == ST_LZ4 || c->kind == ST_LZ4_FILE) {
@@ -316,7 +321,11 @@ static void rw_case_run(const struct rw_case *c)
 	}
 	s = lz ? lz : file;
 
-	upager_t *up = tu_runtime(NULL);
+	struct upager_config cfg = {
+		.flags = c->kind == ST_INLINE || c->kind == ST_INLINE_DIRECT ?
+			 UPAGER_CFG_INLINE : 0,
+	};
+	upager_t *up = tu_runtime(&cfg);
 	uint8_t *a = map_or_skip(up, s, c->len, c->page, UPAGER_MAP_WRITEBACK,
 				 budget);
 	struct monitor m;
@@ -387,6 +396,11 @@ RW_TEST(test_rw_lz4_2m, ST_LZ4, 2 * TU_MIB, 32 * TU_MIB, 60)
 RW_TEST(test_rw_lz4file_4k, ST_LZ4_FILE, 4 * TU_KIB, 8 * TU_MIB, 3000)
 RW_TEST(test_rw_lz4file_64k, ST_LZ4_FILE, 64 * TU_KIB, 16 * TU_MIB, 800)
 RW_TEST(test_rw_lz4file_2m, ST_LZ4_FILE, 2 * TU_MIB, 32 * TU_MIB, 60)
+RW_TEST(test_rw_inline_4k, ST_INLINE, 4 * TU_KIB, 8 * TU_MIB, 3000)
+RW_TEST(test_rw_inline_64k, ST_INLINE, 64 * TU_KIB, 16 * TU_MIB, 800)
+RW_TEST(test_rw_inline_2m, ST_INLINE, 2 * TU_MIB, 32 * TU_MIB, 60)
+RW_TEST(test_rw_inline_direct_4k, ST_INLINE_DIRECT, 4 * TU_KIB, 8 * TU_MIB,
+	3000)
 
 /* ---- budget of a read-only region ---- */
 
@@ -1465,6 +1479,10 @@ static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(test_rw_lz4file_4k),
 	cmocka_unit_test(test_rw_lz4file_64k),
 	cmocka_unit_test(test_rw_lz4file_2m),
+	cmocka_unit_test(test_rw_inline_4k),
+	cmocka_unit_test(test_rw_inline_64k),
+	cmocka_unit_test(test_rw_inline_2m),
+	cmocka_unit_test(test_rw_inline_direct_4k),
 	cmocka_unit_test(test_ro_budget_4k),
 	cmocka_unit_test(test_ro_budget_64k),
 	cmocka_unit_test(test_quiet_below_budget),

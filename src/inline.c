@@ -1,0 +1,504 @@
+/*
+ * inline.c - faults served by the faulting thread itself
+ * (UPAGER_CFG_INLINE).
+ *
+ * The runtime's descriptor is opened with UFFD_FEATURE_SIGBUS: a fault in
+ * one of its regions raises SIGBUS in the faulting thread instead of
+ * queueing a message for the manager. The handler here finds the region,
+ * reads the unit from its file store with pread(2), installs it with
+ * UFFDIO_COPY and returns; the access runs again and finds the page. No
+ * other thread is woken, so a miss costs what the kernel's own page-cache
+ * fault costs plus a signal and a copy, where the manager's path costs
+ * three thread switches (faulting thread -> manager -> faulting thread,
+ * docs/design.md section 9).
+ *
+ * What the handler may call. It runs where the thread touched region
+ * memory, which the library itself never does while holding a lock (the
+ * write-back thread copies units out only where mincore() says pages are
+ * there), so the handler may take the region table's read lock and the
+ * write-back thread's lock as any thread does: the interrupted thread
+ * cannot hold them. It never allocates with malloc (read buffers come
+ * from a fixed pool, mapped with mmap), keeps errno, and never waits on
+ * another thread without a time bound: where a unit is owned by someone
+ * else (a worker's prefetch, the write-back thread) it sleeps briefly and
+ * returns, and the access faults again until the unit is there.
+ *
+ * Everything that is not a fault of ours (another SIGBUS, a poisoned unit
+ * after a read error, an address of no region) goes to the handler that
+ * was installed before the first inline runtime, or to the default action.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <time.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+#define MAX_RUNTIMES 16
+#define POOL 32
+#define RUN_BYTES (64u * 1024) /* most bytes one fault of a stream reads */
+#define ALIGN 4096u
+#define WAIT_US 20
+#define PRESENT_WAIT_NS (50ull * 1000 * 1000) /* see serve_unit() */
+#define ROOM_WAIT_ROUNDS 1000 /* x 50 us: the bound of wb_wait_room() */
+
+/* Attached runtimes; the handler reads them with `active` raised, detach
+ * clears a slot and then waits for `active` to fall to 0. */
+static _Atomic(upager_t *) runtimes[MAX_RUNTIMES];
+static atomic_uint active;
+static pthread_mutex_t attach_lock = PTHREAD_MUTEX_INITIALIZER;
+static unsigned attached;
+static struct sigaction previous; /* written under attach_lock, before the
+				     handler is installed */
+
+struct buf {
+	atomic_bool busy;
+	char *p;
+	size_t len;
+};
+static struct buf pool[POOL];
+
+enum outcome { NOT_OURS, SERVED, FAILED };
+
+static void pause_us(unsigned us)
+{
+	struct timespec ts = { 0, (long)us * 1000 };
+	nanosleep(&ts, NULL);
+}
+
+static size_t round_up(size_t v, size_t a)
+{
+	return (v + a - 1) & ~(a - 1);
+}
+
+/* A buffer of at least need bytes, for this thread alone until put. */
+static struct buf *buf_get(size_t need)
+{
+	for (;;) {
+		for (unsigned i = 0; i < POOL; i++) {
+			struct buf *b = &pool[i];
+			bool f = false;
+			if (atomic_load_explicit(&b->busy, memory_order_relaxed) ||
+			    !atomic_compare_exchange_strong(&b->busy, &f, true))
+				continue;
+			if (b->len < need) {
+				if (b->p)
+					munmap(b->p, b->len);
+				void *p = mmap(NULL, need, PROT_READ | PROT_WRITE,
+					       MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+				b->p = p == MAP_FAILED ? NULL : p;
+				b->len = b->p ? need : 0;
+				if (!b->p) {
+					atomic_store(&b->busy, false);
+					return NULL;
+				}
+			}
+			return b;
+		}
+		/* More threads faulting than buffers: each holder is one
+		 * read away from giving its buffer back. */
+		pause_us(WAIT_US);
+	}
+}
+
+static void buf_put(struct buf *b)
+{
+	atomic_store(&b->busy, false);
+}
+
+/* The live region holding addr, with a reference; NULL if none. */
+static struct upager__region *find(uintptr_t addr)
+{
+	for (unsigned i = 0; i < MAX_RUNTIMES; i++) {
+		upager_t *up = atomic_load(&runtimes[i]);
+		if (!up)
+			continue;
+		struct upager__space *sp = &up->home;
+		pthread_rwlock_rdlock(&sp->table_lock);
+		struct upager__region *r = upager__lookup(sp, addr);
+		if (r && !atomic_load(&r->dead))
+			atomic_fetch_add(&r->refs, 1);
+		else
+			r = NULL;
+		pthread_rwlock_unlock(&sp->table_lock);
+		if (r)
+			return r;
+	}
+	return NULL;
+}
+
+/* Whether the faulting access was a write; *known false where the
+ * architecture's signal context does not say. */
+static bool fault_write(const void *ucv, bool *known)
+{
+#if defined(__x86_64__)
+	const ucontext_t *uc = ucv;
+	*known = true;
+	return uc->uc_mcontext.gregs[REG_ERR] & 2; /* page-fault error code */
+#else
+	(void)ucv;
+	*known = false;
+	return false;
+#endif
+}
+
+static bool page_resident(uintptr_t a)
+{
+	unsigned char v = 0;
+	return mincore((void *)(a & ~(uintptr_t)4095), 4096, &v) == 0 &&
+	       (v & 1);
+}
+
+/* Claims units after u for one read when the faults of r look like a
+ * stream: units [u, u+n) are FETCHING on return. */
+static size_t claim_run(struct upager__region *r, size_t u)
+{
+	int adv = atomic_load(&r->advice);
+	size_t last = __atomic_load_n(&r->last_fault, __ATOMIC_RELAXED);
+	if (adv == UPAGER_ADV_RANDOM ||
+	    (adv != UPAGER_ADV_SEQUENTIAL && last + 1 != u))
+		return 1;
+	size_t max = RUN_BYTES >> r->page_shift, n = 1;
+	while (n < max && u + n < r->nunits) {
+		uint8_t b = unit_byte(r->state, u + n);
+		if (b != UNIT_EMPTY && b != (UNIT_EMPTY | UNIT_GHOST))
+			break;
+		if (!unit_update(r->state, u + n, UNIT_EMPTY, UNIT_FETCHING, 0,
+				 UNIT_GHOST))
+			break;
+		n++;
+	}
+	return n;
+}
+
+/* Reads units [u, u+n) of r into b: want store bytes, then zeros.
+ * Returns 0 or -errno. */
+static int read_units(struct upager__region *r, size_t u, size_t n,
+		      size_t want, char **data, struct buf **bp)
+{
+	size_t len = n << r->page_shift;
+	uint64_t off = r->offset + ((uint64_t)u << r->page_shift), foff = off;
+	size_t skip = 0, io_len = want;
+	bool direct = r->store->flags & UPAGER_STORE_DIRECT;
+	if (direct) {
+		foff = off & ~(uint64_t)(ALIGN - 1);
+		skip = (size_t)(off - foff);
+		io_len = round_up(skip + want, ALIGN);
+	}
+	size_t need = round_up(skip + len, ALIGN);
+	struct buf *b = buf_get(need > io_len ? need : io_len);
+	if (!b)
+		return -ENOMEM;
+	size_t got = 0;
+	while (got < io_len) {
+		ssize_t k = pread(r->store->fd, b->p + got, io_len - got,
+				  (off_t)(foff + got));
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0) {
+			int rc = -errno;
+			buf_put(b);
+			return rc;
+		}
+		if (k == 0)
+			break;
+		got += (size_t)k;
+		if (direct && k % ALIGN)
+			break; /* end of file */
+	}
+	size_t have = got > skip ? got - skip : 0;
+	if (have > want)
+		have = want;
+	memset(b->p + skip + have, 0, len - have);
+	CNT_INC(&r->cnt, bytes_fetched, have);
+	*data = b->p + skip;
+	*bp = b;
+	return 0;
+}
+
+/* At the budget: wake the write-back thread and give it a moment, as a
+ * worker does (upager__wb_wait_room, without its condition variable). */
+static void make_room(upager_t *up, struct upager__region *r)
+{
+	if (!r->budget_units && !up->budget_units_4k)
+		return;
+	upager__wb_kick_over(up, r);
+	for (int i = 0; i < ROOM_WAIT_ROUNDS && upager__wb_full(up, r) &&
+			!atomic_load(&r->dead) && !atomic_load(&up->stopping);
+	     i++)
+		pause_us(50);
+}
+
+/* The read of unit u (claimed, FETCHING, with n-1 more after it) failed:
+ * the thread gets SIGBUS, never zeros. The units go back to EMPTY rather
+ * than being poisoned as the manager does: a poisoned page faults here
+ * with the same si_code as a missing one, so the handler could not tell
+ * them apart. Every later access reads again, and fails again until the
+ * store recovers. */
+static enum outcome fail_fetch(struct upager__region *r, size_t u, size_t n)
+{
+	CNT_INC(&r->cnt, read_errors, 1);
+	for (size_t i = 0; i < n; i++)
+		unit_cas(r->state, u + i, UNIT_FETCHING, UNIT_EMPTY);
+	return FAILED;
+}
+
+/* Unit u of r is ours (FETCHING): fetch and install it, with the units
+ * after it when the faults look like a stream. */
+static enum outcome fetch(struct upager__region *r, size_t u, bool write,
+			  bool zeroed, uint64_t t0)
+{
+	upager_t *up = r->up;
+	size_t n = zeroed ? 1 : claim_run(r, u);
+	__atomic_store_n(&r->last_fault, u + n - 1, __ATOMIC_RELAXED);
+	make_room(up, r);
+	size_t want = zeroed ? 0 : upager__run_want(r, u, n);
+	char *data = NULL;
+	struct buf *b = NULL;
+	if (want == 0) {
+		b = buf_get(n << r->page_shift);
+		if (b) {
+			memset(b->p, 0, n << r->page_shift);
+			data = b->p;
+		}
+	} else if (read_units(r, u, n, want, &data, &b)) {
+		return fail_fetch(r, u, n);
+	}
+	if (!b)
+		return fail_fetch(r, u, n);
+	/* A write fault's units go in writable and dirty, the units of
+	 * its stream too (a write stream writes them next); a read's
+	 * write-protected, so that the first write is seen. */
+	struct upager__req j = {
+		.r = r, .unit = u, .t0 = t0, .write = write, .demand = true,
+		.count = (uint32_t)n,
+	};
+	int rc = upager__install(r, u, n, data, FILL_COPY, r->wp && !write);
+	buf_put(b);
+	/* The units after the faulting one count as prefetched. */
+	upager__settle(&j, u, 1, rc == 0);
+	j.demand = false;
+	upager__settle(&j, u + 1, n - 1, rc == 0);
+	if (rc == 0) {
+		upager__hist_add(&r->cnt, upager__now_ns() - t0);
+		if (r->budget_units || up->budget_units_4k)
+			upager__wb_kick_over(up, r);
+		return SERVED;
+	}
+	/* -ECANCELED: the region is going away; the access faults again
+	 * and meets what unmap left (PROT_NONE: SIGSEGV). Anything else
+	 * cannot be installed: SIGBUS. */
+	return rc == -ECANCELED ? SERVED : FAILED;
+}
+
+/* A write to a write-protected unit: dirty and writable, as the
+ * manager's on_wp_fault does for a thread waiting in the kernel. */
+static enum outcome wp_fault(struct upager__region *r, size_t u)
+{
+	bool held = false;
+	for (;;) {
+		uint8_t b = unit_byte(r->state, u), s = b & UNIT_STATE;
+		if (s == UNIT_BUSY) {
+			pause_us(WAIT_US); /* the write-back thread has it */
+			return SERVED;
+		}
+		if (s != UNIT_PRESENT && s != UNIT_FETCHING)
+			return SERVED; /* gone meanwhile: fault again */
+		if (b & UNIT_DIRTY)
+			break;
+		if (s == UNIT_PRESENT) {
+			if ((held = hold_clean(r, u)))
+				break;
+			continue;
+		}
+		/* FETCHING: an install in flight counts the flag. */
+		if (unit_update(r->state, u, s, s, UNIT_DIRTY, 0))
+			break;
+	}
+	uintptr_t ua = region_base(r) + (u << r->page_shift);
+	upager__uffd_unprotect_nowake(r->sp->uffd, ua, r->page_size);
+	if (held)
+		release_dirty(r, u);
+	return SERVED;
+}
+
+static enum outcome serve_unit(struct upager__region *r, uintptr_t addr,
+			       const void *uc)
+{
+	upager_t *up = r->up;
+	uint64_t t0 = upager__now_ns(), present_since = 0;
+	size_t u = (addr - region_base(r)) >> r->page_shift;
+	bool known, write = fault_write(uc, &known);
+	CNT_INC(&r->cnt, faults, 1);
+	for (;;) {
+		uint8_t b = unit_byte(r->state, u), s = b & UNIT_STATE;
+		switch (s) {
+		case UNIT_EMPTY:
+		case UNIT_QUEUED: {
+			uint8_t set = (b & UNIT_GHOST) ? UNIT_HOT : 0;
+			if (!unit_update(r->state, u, s, UNIT_FETCHING, set,
+					 UNIT_GHOST))
+				continue;
+			return fetch(r, u, write, b & UNIT_ZEROED, t0);
+		}
+		case UNIT_BUSY:
+		case UNIT_FETCHING:
+			if (s == UNIT_BUSY && (int)syscall(SYS_gettid) ==
+					      atomic_load(&up->wb_tid)) {
+				/* The write-back thread copying a page the
+				 * application dropped meanwhile: zeros (the
+				 * unit is dropped afterwards). */
+				size_t done;
+				upager__uffd_zero(r->sp->uffd,
+						  addr & ~(uintptr_t)4095,
+						  4096, &done);
+				return SERVED;
+			}
+			/* Its owner (a worker, another thread, the
+			 * write-back thread) installs or releases it. */
+			pause_us(WAIT_US);
+			return SERVED;
+		default: /* PRESENT */
+			break;
+		}
+		if (page_resident(addr)) {
+			/* Mapped: a write to a protected page, or an
+			 * install that raced with this fault. */
+			if (r->wp && (write || !known))
+				return wp_fault(r, u);
+			return SERVED;
+		}
+		/* PRESENT but not mapped: the application dropped it and
+		 * the manager has yet to handle the REMOVE event that
+		 * resets the unit. Wait for that; past a bound, fetch it
+		 * again as the manager does for a page that went away
+		 * unseen. */
+		uint64_t now = upager__now_ns();
+		if (!present_since)
+			present_since = now;
+		if (now - present_since < PRESENT_WAIT_NS) {
+			pause_us(WAIT_US);
+			continue;
+		}
+		if (unit_update(r->state, u, UNIT_PRESENT, UNIT_FETCHING, 0,
+				UNIT_DIRTY)) {
+			unit_forgotten(r, b);
+			return fetch(r, u, write, false, t0);
+		}
+	}
+}
+
+/* The handler that was there before ours, or the default action. */
+static void pass_on(int sig, siginfo_t *si, void *uc)
+{
+	struct sigaction old = previous;
+	if (old.sa_flags & SA_SIGINFO) {
+		if (old.sa_sigaction) {
+			old.sa_sigaction(sig, si, uc);
+			return;
+		}
+	} else if (old.sa_handler != SIG_DFL && old.sa_handler != SIG_IGN) {
+		old.sa_handler(sig);
+		return;
+	}
+	/* Default: the access runs again and faults again, now with the
+	 * default action (the process dies of SIGBUS, as without us). */
+	struct sigaction dfl;
+	memset(&dfl, 0, sizeof(dfl));
+	dfl.sa_handler = SIG_DFL;
+	sigaction(SIGBUS, &dfl, NULL);
+}
+
+static void on_sigbus(int sig, siginfo_t *si, void *uc)
+{
+	int saved = errno;
+	enum outcome o = NOT_OURS;
+	atomic_fetch_add(&active, 1);
+	if (si->si_code == BUS_ADRERR) {
+		struct upager__region *r = find((uintptr_t)si->si_addr);
+		if (r) {
+			o = serve_unit(r, (uintptr_t)si->si_addr, uc);
+			upager__region_put(r);
+		}
+	}
+	atomic_fetch_sub(&active, 1);
+	errno = saved;
+	if (o != SERVED)
+		pass_on(sig, si, uc);
+}
+
+static bool ours_installed(void)
+{
+	struct sigaction cur;
+	return sigaction(SIGBUS, NULL, &cur) == 0 &&
+	       (cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == on_sigbus;
+}
+
+int upager__inline_attach(upager_t *up)
+{
+	pthread_mutex_lock(&attach_lock);
+	int rc = -EBUSY;
+	unsigned slot = MAX_RUNTIMES;
+	for (unsigned i = 0; i < MAX_RUNTIMES && slot == MAX_RUNTIMES; i++)
+		if (!atomic_load(&runtimes[i]))
+			slot = i;
+	if (slot == MAX_RUNTIMES)
+		goto out;
+	/* Someone may have replaced ours since (a test harness restoring
+	 * its own handlers): install again, passing on to that one. */
+	if (!ours_installed()) {
+		struct sigaction sa;
+		memset(&sa, 0, sizeof(sa));
+		sa.sa_sigaction = on_sigbus;
+		sa.sa_flags = SA_SIGINFO | SA_RESTART;
+		sigemptyset(&sa.sa_mask);
+		struct sigaction old;
+		if (sigaction(SIGBUS, NULL, &old)) {
+			rc = -errno;
+			goto out;
+		}
+		previous = old;
+		if (sigaction(SIGBUS, &sa, NULL)) {
+			rc = -errno;
+			goto out;
+		}
+	}
+	atomic_store(&runtimes[slot], up);
+	attached++;
+	rc = 0;
+out:
+	pthread_mutex_unlock(&attach_lock);
+	return rc;
+}
+
+void upager__inline_detach(upager_t *up)
+{
+	pthread_mutex_lock(&attach_lock);
+	for (unsigned i = 0; i < MAX_RUNTIMES; i++) {
+		upager_t *cur = atomic_load(&runtimes[i]);
+		if (cur == up) {
+			atomic_store(&runtimes[i], NULL);
+			attached--;
+		}
+	}
+	/* A handler that found up before the slot emptied holds a region
+	 * reference or is about to drop one: let it finish. */
+	while (atomic_load(&active))
+		pause_us(WAIT_US);
+	if (attached == 0) {
+		if (ours_installed())
+			sigaction(SIGBUS, &previous, NULL);
+		for (unsigned i = 0; i < POOL; i++) {
+			if (pool[i].p)
+				munmap(pool[i].p, pool[i].len);
+			pool[i].p = NULL;
+			pool[i].len = 0;
+		}
+	}
+	pthread_mutex_unlock(&attach_lock);
+}

@@ -1,0 +1,324 @@
+/*
+ * test_inline.c - UPAGER_CFG_INLINE: faults served by the faulting thread
+ * in a SIGBUS handler.
+ *
+ * Every unit read from several threads equals the file; a store read
+ * error reaches the faulting thread as SIGBUS (never zeros, never a
+ * hang); a SIGBUS that is not the runtime's reaches the handler the
+ * application had; the handler the application had is back after
+ * upager_destroy; two runtimes serve their regions side by side; bad
+ * input is refused. Write-back regions under a budget are covered by
+ * test_writeback's rw_inline cases.
+ */
+#define _GNU_SOURCE
+#include "testutil.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define FILE_LEN (8 * TU_MIB + 12345) /* a partial last unit */
+
+static upager_t *inline_runtime(void)
+{
+	struct upager_config c = { .flags = UPAGER_CFG_INLINE };
+	upager_t *up = NULL;
+	int rc = upager_create(&c, &up);
+	if (rc == -EOPNOTSUPP)
+		tu_skip("kernel without UFFD_FEATURE_SIGBUS");
+	TU_OK(rc);
+	return up;
+}
+
+/* ---- the application's own SIGBUS handler ---- */
+
+static sigjmp_buf jump;
+static volatile sig_atomic_t app_sigbus;
+static void *volatile app_addr;
+
+static void app_handler(int sig, siginfo_t *si, void *uc)
+{
+	(void)sig;
+	(void)uc;
+	app_sigbus++;
+	app_addr = si->si_addr;
+	siglongjmp(jump, 1);
+}
+
+static struct sigaction app_install(void)
+{
+	struct sigaction sa, old;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = app_handler;
+	sa.sa_flags = SA_SIGINFO;
+	sigemptyset(&sa.sa_mask);
+	assert_int_equal(sigaction(SIGBUS, &sa, &old), 0);
+	app_sigbus = 0;
+	return old;
+}
+
+static bool handler_is_app(void)
+{
+	struct sigaction cur;
+	assert_int_equal(sigaction(SIGBUS, NULL, &cur), 0);
+	return (cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == app_handler;
+}
+
+/* Reads *p; true when that raised SIGBUS (caught by app_handler). */
+static bool read_raises_sigbus(const volatile uint8_t *p, uint8_t *val)
+{
+	if (sigsetjmp(jump, 1) == 0) {
+		*val = *p;
+		return false;
+	}
+	return true;
+}
+
+/* ---- reads ---- */
+
+static void test_inline_read_threads(void **state)
+{
+	(void)state;
+	const char *path = tu_make_file("inline-read.dat", FILE_LEN);
+	int fd = tu_open(path);
+	struct tu_ref ref = { .fd = fd, .length = FILE_LEN,
+			      .store_size = FILE_LEN };
+	static const size_t pages[] = { 4 * TU_KIB, 64 * TU_KIB, 2 * TU_MIB };
+	for (size_t k = 0; k < 3; k++) {
+		size_t page = pages[k];
+		upager_t *up = inline_runtime();
+		upager_store_t *s = tu_store_file(path, 0);
+		uint8_t *a = tu_map(up, s, 0, FILE_LEN, page, 0);
+		upager_store_release(s);
+		size_t nunits = tu_round_up(FILE_LEN, page) / page;
+		/* Random order from 4 threads, then every byte again. */
+		tu_scan_units(&ref, a, page, nunits, 4, true, page);
+		assert_true(tu_check(&ref, a, 0, FILE_LEN));
+		struct upager_stats st = tu_stats(up, a);
+		tu_print_stats("inline", &st);
+		assert_true(st.faults >= 1);
+		assert_int_equal(st.pages_installed, nunits);
+		assert_int_equal(st.read_errors, 0);
+		assert_int_equal(st.resident_bytes, nunits * page);
+		TU_OK(upager_unmap(up, a));
+		upager_destroy(up);
+	}
+	close(fd);
+}
+
+/* A sequential scan reads runs of units per fault; a scan of units
+ * already there must not fault at all. */
+static void test_inline_sequential_runs(void **state)
+{
+	(void)state;
+	const char *path = tu_make_file("inline-seq.dat", FILE_LEN);
+	int fd = tu_open(path);
+	struct tu_ref ref = { .fd = fd, .length = FILE_LEN,
+			      .store_size = FILE_LEN };
+	upager_t *up = inline_runtime();
+	upager_store_t *s = tu_store_file(path, 0);
+	uint8_t *a = tu_map(up, s, 0, FILE_LEN, 4 * TU_KIB, 0);
+	upager_store_release(s);
+	TU_OK(upager_advise(up, a, FILE_LEN, UPAGER_ADV_SEQUENTIAL));
+	assert_true(tu_check(&ref, a, 0, FILE_LEN));
+	struct upager_stats st = tu_stats(up, a);
+	size_t nunits = tu_round_up(FILE_LEN, 4096) / 4096;
+	tu_print_stats("seq", &st);
+	assert_int_equal(st.pages_installed, nunits);
+	/* 64 KiB a fault at most: 16 units. */
+	assert_true(st.faults * 8 <= nunits);
+	assert_true(tu_check(&ref, a, 0, FILE_LEN));
+	assert_int_equal(tu_stats(up, a).faults, st.faults);
+	TU_OK(upager_unmap(up, a));
+	upager_destroy(up);
+	close(fd);
+}
+
+/* The documented limit: the kernel's own access to a page not yet there
+ * fails with EFAULT instead of waiting; once the page is there it works. */
+static void test_inline_syscall_efault(void **state)
+{
+	(void)state;
+	const char *path = tu_make_file("inline-efault.dat", 64 * TU_KIB);
+	upager_t *up = inline_runtime();
+	upager_store_t *s = tu_store_file(path, 0);
+	uint8_t *a = tu_map(up, s, 0, 64 * TU_KIB, 4 * TU_KIB, 0);
+	upager_store_release(s);
+	int p[2];
+	assert_int_equal(pipe(p), 0);
+	errno = 0;
+	assert_int_equal(write(p[1], a + 8192, 16), -1);
+	assert_int_equal(errno, EFAULT);
+	volatile uint8_t v = a[8192]; /* faulted in by the thread */
+	(void)v;
+	assert_int_equal(write(p[1], a + 8192, 16), 16);
+	uint8_t got[16], want[16];
+	assert_int_equal(read(p[0], got, 16), 16);
+	tu_fill(want, 8192, 16);
+	assert_memory_equal(got, want, 16);
+	close(p[0]);
+	close(p[1]);
+	TU_OK(upager_unmap(up, a));
+	upager_destroy(up);
+}
+
+/* ---- errors ---- */
+
+/* A read error: the thread gets SIGBUS, again on every touch of the unit;
+ * other units read fine; once the store reads again, the next touch
+ * fetches the unit. The store's descriptor is made unreadable by
+ * putting a write-only one in its place. */
+static void test_inline_read_error_sigbus(void **state)
+{
+	(void)state;
+	const char *path = tu_make_file("inline-err.dat", 256 * TU_KIB);
+	int fd = tu_open(path);
+	struct tu_ref ref = { .fd = fd, .length = 256 * TU_KIB,
+			      .store_size = 256 * TU_KIB };
+	int sfd = tu_open(path);
+	struct sigaction old = app_install();
+	upager_t *up = inline_runtime();
+	upager_store_t *s = NULL;
+	TU_OK(upager_store_fd(sfd, 0, &s));
+	uint8_t *a = tu_map(up, s, 0, 256 * TU_KIB, 16 * TU_KIB, 0);
+	TU_OK(upager_advise(up, a, 256 * TU_KIB, UPAGER_ADV_RANDOM));
+	assert_true(tu_check(&ref, a, 0, 16 * TU_KIB)); /* unit 0 is in */
+
+	int wfd = open(path, O_WRONLY | O_CLOEXEC);
+	assert_true(wfd >= 0);
+	int rfd = dup(sfd);
+	assert_true(rfd >= 0);
+	assert_int_equal(dup2(wfd, sfd), sfd); /* reads now fail: EBADF */
+	uint8_t v = 0;
+	uint8_t *bad = a + 5 * 16 * TU_KIB + 100;
+	if (!read_raises_sigbus(bad, &v))
+		fail_msg("unreadable unit read as 0x%02x, no SIGBUS", v);
+	assert_int_equal(app_sigbus, 1);
+	assert_true(read_raises_sigbus(bad + 4096, &v));
+	assert_int_equal(app_sigbus, 2);
+	struct upager_stats st = tu_stats(up, a);
+	assert_true(st.read_errors >= 1);
+	/* A unit already there is untouched by the error. */
+	assert_true(tu_check(&ref, a, 0, 16 * TU_KIB));
+
+	assert_int_equal(dup2(rfd, sfd), sfd); /* readable again */
+	if (read_raises_sigbus(bad, &v))
+		fail_msg("unit still raises SIGBUS once the store reads");
+	assert_true(tu_check(&ref, a, 0, 256 * TU_KIB));
+	assert_int_equal(app_sigbus, 2);
+
+	TU_OK(upager_unmap(up, a));
+	upager_destroy(up);
+	upager_store_release(s);
+	assert_true(handler_is_app());
+	assert_int_equal(sigaction(SIGBUS, &old, NULL), 0);
+	close(wfd);
+	close(rfd);
+	close(sfd);
+	close(fd);
+}
+
+/* A SIGBUS that is not a fault of the runtime's (a shared mapping past
+ * its file's end) goes to the handler the application had. */
+static void test_inline_foreign_sigbus_passed_on(void **state)
+{
+	(void)state;
+	const char *path = tu_make_file("inline-foreign.dat", 4096);
+	int fd = open(path, O_RDWR | O_CLOEXEC);
+	assert_true(fd >= 0);
+	uint8_t *m = mmap(NULL, 8192, PROT_READ, MAP_SHARED, fd, 0);
+	assert_true(m != MAP_FAILED);
+	struct sigaction old = app_install();
+	upager_t *up = inline_runtime();
+	assert_false(handler_is_app()); /* the runtime's is in front */
+	uint8_t v = 0;
+	assert_true(read_raises_sigbus(m + 4096, &v)); /* past the end */
+	assert_int_equal(app_sigbus, 1);
+	assert_ptr_equal(app_addr, m + 4096);
+	upager_destroy(up);
+	assert_true(handler_is_app());
+	assert_int_equal(sigaction(SIGBUS, &old, NULL), 0);
+	munmap(m, 8192);
+	close(fd);
+}
+
+/* Two inline runtimes at once, each serving its own region; destroying
+ * one leaves the other working. */
+static void test_inline_two_runtimes(void **state)
+{
+	(void)state;
+	const char *path = tu_make_file("inline-two.dat", TU_MIB);
+	int fd = tu_open(path);
+	struct tu_ref ref = { .fd = fd, .length = TU_MIB, .store_size = TU_MIB };
+	upager_t *u1 = inline_runtime(), *u2 = inline_runtime();
+	upager_store_t *s = tu_store_file(path, 0);
+	uint8_t *a1 = tu_map(u1, s, 0, TU_MIB, 4 * TU_KIB, 0);
+	uint8_t *a2 = tu_map(u2, s, 0, TU_MIB, 64 * TU_KIB, 0);
+	upager_store_release(s);
+	assert_true(tu_check(&ref, a1, 0, TU_MIB / 2));
+	assert_true(tu_check(&ref, a2, 0, TU_MIB / 2));
+	upager_destroy(u1);
+	assert_true(tu_check(&ref, a2, 0, TU_MIB));
+	assert_int_equal(tu_stats(u2, a2).pages_installed, TU_MIB / (64 * TU_KIB));
+	upager_destroy(u2);
+	close(fd);
+}
+
+static int nop_read(void *ctx, void *buf, size_t len, uint64_t off)
+{
+	(void)ctx;
+	(void)off;
+	memset(buf, 0, len);
+	return 0;
+}
+
+static int nop_size(void *ctx, uint64_t *size)
+{
+	(void)ctx;
+	*size = TU_MIB;
+	return 0;
+}
+
+static void test_inline_bad_input(void **state)
+{
+	(void)state;
+	upager_t *up = NULL;
+	struct upager_config c = { .flags = UPAGER_CFG_INLINE,
+				   .daemon_socket = "/nonexistent" };
+	TU_ERR(upager_create(&c, &up), -EINVAL);
+	assert_null(up);
+	c = (struct upager_config){ .flags = 0x80000000u };
+	TU_ERR(upager_create(&c, &up), -EINVAL);
+
+	up = inline_runtime();
+	struct upager_store_ops ops = { .read = nop_read, .size = nop_size };
+	upager_store_t *s = NULL;
+	TU_OK(upager_store_custom(&ops, NULL, &s));
+	void *a = NULL;
+	TU_ERR(upager_map(up, s, 0, TU_MIB, NULL, &a), -EOPNOTSUPP);
+	assert_null(a);
+	upager_store_release(s);
+	struct upager_lz4_opts lo = { .size = TU_MIB };
+	TU_OK(upager_store_lz4(&lo, NULL, &s));
+	TU_ERR(upager_map(up, s, 0, TU_MIB, NULL, &a), -EOPNOTSUPP);
+	upager_store_release(s);
+	struct upager_stats st = tu_stats(up, NULL);
+	assert_int_equal(st.regions, 0);
+	upager_destroy(up);
+}
+
+static const struct CMUnitTest tests[] = {
+	cmocka_unit_test(test_inline_read_threads),
+	cmocka_unit_test(test_inline_sequential_runs),
+	cmocka_unit_test(test_inline_syscall_efault),
+	cmocka_unit_test(test_inline_read_error_sigbus),
+	cmocka_unit_test(test_inline_foreign_sigbus_passed_on),
+	cmocka_unit_test(test_inline_two_runtimes),
+	cmocka_unit_test(test_inline_bad_input),
+};
+
+TU_MAIN("inline", tests)
