@@ -64,6 +64,7 @@ struct engine {
 	size_t unit;     /* install unit (upager, raw-uffd) */
 	int advice;      /* madvise advice (mmap) */
 	bool direct;     /* upager: O_DIRECT file store */
+	bool inline_faults; /* upager: UPAGER_CFG_INLINE */
 	int (*run)(const struct engine *e, const struct run_spec *s,
 		   struct run_result *r);
 };

@@ -73,7 +73,7 @@ struct opts {
 	uint64_t headroom;
 	unsigned workers;
 	const char *dir;
-	bool csv, direct;
+	bool csv, direct, inline_faults;
 	bool do_lz4, do_file, kernel, no_follow;
 };
 
@@ -110,6 +110,8 @@ static void usage(FILE *f)
 "                     limit minus this, for its page cache and buffers\n"
 "                     (default budget/8, at most 32M)\n"
 "  --direct           file comparison: upager reads with O_DIRECT\n"
+"  --inline           file comparison: UPAGER_CFG_INLINE, faults served\n"
+"                     by the faulting thread (no manager round trip)\n"
 "  --workers N        upager worker threads (default: upager's own)\n"
 "  --no-follow        UPAGER_CFG_NO_FOLLOW: the manager thread is never\n"
 "                     pinned to the faulting thread's CPU\n"
@@ -146,6 +148,7 @@ static void parse_opts(int argc, char **argv)
 		{ "readahead", required_argument, 0, 'r' },
 		{ "headroom", required_argument, 0, 'H' },
 		{ "direct", no_argument, 0, 'D' },
+		{ "inline", no_argument, 0, 'I' },
 		{ "workers", required_argument, 0, 'w' },
 		{ "dir", required_argument, 0, 'd' },
 		{ "only", required_argument, 0, 'y' },
@@ -170,6 +173,7 @@ static void parse_opts(int argc, char **argv)
 		case 'r': ok = parse_size(optarg, &v); O.readahead = v; break;
 		case 'H': ok = parse_size(optarg, &O.headroom); break;
 		case 'D': O.direct = true; break;
+		case 'I': O.inline_faults = true; break;
 		case 'w':
 			ok = parse_size(optarg, &v) && v <= 256;
 			O.workers = (unsigned)v;
@@ -778,7 +782,8 @@ static void upager_side(struct result *r, const void *argp)
 	}
 	struct upager_config cfg = {
 		.workers = O.workers,
-		.flags = O.no_follow ? UPAGER_CFG_NO_FOLLOW : 0,
+		.flags = (O.no_follow ? UPAGER_CFG_NO_FOLLOW : 0) |
+			 (!a->lz4 && O.inline_faults ? UPAGER_CFG_INLINE : 0),
 	};
 	rc = upager_create(&cfg, &up);
 	if (rc) {

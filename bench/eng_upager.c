@@ -183,7 +183,10 @@ int engine_upager_run(const struct engine *e, const struct run_spec *s,
 	int err;
 
 	r->page_size = e->unit;
-	err = upager_create(NULL, &u.up);
+	struct upager_config cfg = {
+		.flags = e->inline_faults ? UPAGER_CFG_INLINE : 0,
+	};
+	err = upager_create(&cfg, &u.up);
 	if (err) {
 		result_fail(r, err, "upager_create: %s", upager_strerror(err));
 		return err;

@@ -4,7 +4,8 @@
  * Names are what --engines and the reports use. Which workloads an engine
  * takes part in: the device engine reads with O_DIRECT and so has no warm
  * variant; raw-uffd installs from memory and so only runs warm; upager's
- * O_DIRECT store has nothing to add when the store is memory.
+ * O_DIRECT store has nothing to add when the store is memory, and its
+ * inline engines (UPAGER_CFG_INLINE) take file stores only.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -19,6 +20,9 @@
 
 #define UP(nm, u, d) { .name = nm, .kind = ENG_UPAGER, .unit = (u), \
 		       .direct = (d), .run = engine_upager_run }
+#define UPI(nm, u, d) { .name = nm, .kind = ENG_UPAGER, .unit = (u), \
+			.direct = (d), .inline_faults = true, \
+			.run = engine_upager_run }
 #define MM(nm, adv) { .name = nm, .kind = ENG_MMAP, .unit = BENCH_PAGE, \
 		      .advice = (adv), .run = engine_mmap_run }
 #define RAW(nm, u) { .name = nm, .kind = ENG_RAW_UFFD, .unit = (u), \
@@ -31,6 +35,9 @@ const struct engine bench_engines[] = {
 	UP("upager-4k-direct", 4 * KIB, true),
 	UP("upager-64k-direct", 64 * KIB, true),
 	UP("upager-2m-direct", 2 * MIB, true),
+	UPI("upager-4k-inline", 4 * KIB, false),
+	UPI("upager-64k-inline", 64 * KIB, false),
+	UPI("upager-4k-direct-inline", 4 * KIB, true),
 	MM("mmap", MADV_NORMAL),
 	MM("mmap-seq", MADV_SEQUENTIAL),
 	MM("mmap-rand", MADV_RANDOM),
@@ -53,7 +60,9 @@ bool engine_supports(const struct engine *e, enum workload w)
 	case ENG_RAW_UFFD:
 		return w == WL_WARM;
 	case ENG_UPAGER:
-		return !(e->direct && w == WL_WARM);
+		/* Warm runs serve from a custom store in memory: no
+		 * O_DIRECT, and inline faults take file stores only. */
+		return !((e->direct || e->inline_faults) && w == WL_WARM);
 	default:
 		return true;
 	}

@@ -71,7 +71,7 @@ static void list(void)
 		printf(" %s", workload_name((enum workload)w));
 	printf("\nengines:\n");
 	for (size_t i = 0; i < bench_nengines; i++) {
-		printf("  %-18s", bench_engines[i].name);
+		printf("  %-23s", bench_engines[i].name);
 		for (int w = 0; w < WL_COUNT; w++)
 			if (engine_supports(&bench_engines[i], (enum workload)w))
 				printf(" %s", workload_name((enum workload)w));

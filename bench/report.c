@@ -94,7 +94,7 @@ static void table_row(FILE *f, const struct run_result *r,
 
 	unit_str(r->page_size, unit, sizeof(unit));
 	if (r->error) {
-		fprintf(f, "%-12s %-18s %3u %5s %-5s FAILED: %s\n", r->workload,
+		fprintf(f, "%-12s %-23s %3u %5s %-5s FAILED: %s\n", r->workload,
 			r->engine, r->threads, unit, r->cold ? "cold" : "warm",
 			r->message);
 		return;
@@ -108,7 +108,7 @@ static void table_row(FILE *f, const struct run_result *r,
 		snprintf(over, sizeof(over), "-");
 	ratio(xm, sizeof(xm), r, find(all, n, r->workload, "mmap", r->threads));
 	ratio(xd, sizeof(xd), r, find(all, n, r->workload, "device", r->threads));
-	fprintf(f, "%-12s %-18s %3u %5s %-5s %9.1f %10.0f %8s %8s %8.1f %8s %8s %6s %6s\n",
+	fprintf(f, "%-12s %-23s %3u %5s %-5s %9.1f %10.0f %8s %8s %8.1f %8s %8s %6s %6s\n",
 		r->workload, r->engine, r->threads, unit, r->cold ? "cold" : "warm",
 		mbps(r), opsps(r), p50, p99, (double)r->peak_rss_kb / 1024.0,
 		data, over, xm, xd);
@@ -123,7 +123,7 @@ void report_table(FILE *f, const struct report_meta *m,
 		"per thread; MB = 10^6 bytes read by the application\n",
 		m->evict_method, m->repeat, (unsigned long long)m->ops);
 	fprintf(f, "command: %s\n\n", m->cmdline);
-	fprintf(f, "%-12s %-18s %3s %5s %-5s %9s %10s %8s %8s %8s %8s %8s %6s %6s\n",
+	fprintf(f, "%-12s %-23s %3s %5s %-5s %9s %10s %8s %8s %8s %8s %8s %6s %6s\n",
 		"workload", "engine", "thr", "unit", "cache", "MB/s", "ops/s",
 		"p50 us", "p99 us", "RSS MiB", "data MiB", "RSS-data", "x mmap",
 		"x dev");
