@@ -335,10 +335,11 @@ struct upager_map_opts {
 	/* UPAGER_MAP_* flags. */
 	unsigned flags;
 	/* Resident budget of the region in bytes (0: none). When the
-	 * region holds more than 7/8 of it, an eviction thread drops the
+	 * region holds more than the budget less a slack (a 64th of it, at
+	 * least 128 units, at most an eighth), an eviction thread drops the
 	 * least recently faulted units (CLOCK with a second chance for
 	 * units faulted again soon after eviction, see docs/design.md) in
-	 * batches down to 3/4; a fault that would exceed the budget waits
+	 * batches down to two slacks under it; a fault that would exceed the budget waits
 	 * briefly for it. Dirty units of a WRITEBACK region are written back
 	 * before they are dropped; dirty units of other regions are never
 	 * dropped (their writes exist nowhere else). At least one unit. */
