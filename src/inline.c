@@ -300,29 +300,14 @@ static enum outcome fetch(struct upager__region *r, size_t u, bool write,
  * manager's on_wp_fault does for a thread waiting in the kernel. */
 static enum outcome wp_fault(struct upager__region *r, size_t u)
 {
-	bool held = false;
-	for (;;) {
-		uint8_t b = unit_byte(r->state, u), s = b & UNIT_STATE;
-		if (s == UNIT_BUSY) {
-			pause_us(WAIT_US); /* the write-back thread has it */
-			return SERVED;
-		}
-		if (s != UNIT_PRESENT && s != UNIT_FETCHING)
-			return SERVED; /* gone meanwhile: fault again */
-		if (b & UNIT_DIRTY)
-			break;
-		if (s == UNIT_PRESENT) {
-			if ((held = hold_clean(r, u)))
-				break;
-			continue;
-		}
-		/* FETCHING: an install in flight counts the flag. */
-		if (unit_update(r->state, u, s, s, UNIT_DIRTY, 0))
-			break;
-	}
+	enum wp_claim c = wp_claim(r, u);
+	if (c == WP_BUSY)
+		pause_us(WAIT_US); /* the write-back thread has it */
+	if (c == WP_BUSY || c == WP_GONE)
+		return SERVED; /* fault again */
 	uintptr_t ua = region_base(r) + (u << r->page_shift);
 	upager__uffd_unprotect_nowake(r->sp->uffd, ua, r->page_size);
-	if (held)
+	if (c == WP_HELD)
 		release_dirty(r, u);
 	return SERVED;
 }

@@ -526,4 +526,38 @@ static inline void release_dirty(struct upager__region *r, size_t v)
 		atomic_fetch_add(&r->dirty, 1);
 }
 
+/* What a write fault on unit u, found write-protected, may do (the first
+ * step shared by the manager's on_wp_fault and the inline handler). */
+enum wp_claim {
+	WP_BUSY,   /* the write-back thread owns it: wait for it */
+	WP_GONE,   /* neither PRESENT nor FETCHING: fault again */
+	WP_MARKED, /* already dirty, or FETCHING and now flagged dirty (the
+		      install in flight counts the flag) */
+	WP_HELD,   /* was PRESENT and clean: held (hold_clean) for the caller,
+		      who un-protects it, then calls release_dirty */
+};
+
+static inline enum wp_claim wp_claim(struct upager__region *r, size_t u)
+{
+	for (;;) {
+		uint8_t b = unit_byte(r->state, u), s = b & UNIT_STATE;
+		if (s == UNIT_BUSY)
+			return WP_BUSY;
+		if (s != UNIT_PRESENT && s != UNIT_FETCHING)
+			return WP_GONE;
+		if (b & UNIT_DIRTY)
+			return WP_MARKED;
+		if (s == UNIT_PRESENT) {
+			if (hold_clean(r, u))
+				return WP_HELD;
+			continue;
+		}
+		/* FETCHING: the install is waking its waiters and has not
+		 * yet marked the unit PRESENT; the flag travels with it and
+		 * the installer counts it. */
+		if (unit_update(r->state, u, s, s, UNIT_DIRTY, 0))
+			return WP_MARKED;
+	}
+}
+
 #endif /* UPAGER_INTERNAL_H */

@@ -328,27 +328,11 @@ static void on_wp_fault(upager_t *up, struct upager__space *sp,
 			struct upager__region *r, size_t u)
 {
 	uintptr_t ua = r->base + (u << r->page_shift);
-	bool held = false, here = false;
-	for (;;) {
-		uint8_t b = unit_byte(r->state, u), s = b & UNIT_STATE;
-		if (s == UNIT_BUSY)
-			return;
-		if (s != UNIT_PRESENT && s != UNIT_FETCHING)
-			break; /* gone meanwhile: let it fault again */
-		here = true;
-		if (b & UNIT_DIRTY)
-			break;
-		if (s == UNIT_PRESENT) {
-			if ((held = hold_clean(r, u)))
-				break;
-			continue;
-		}
-		/* FETCHING: the install is waking its waiters and has not
-		 * yet marked the unit PRESENT; the flag travels with it and
-		 * the worker counts it. */
-		if (unit_update(r->state, u, s, s, UNIT_DIRTY, 0))
-			break;
-	}
+	enum wp_claim c = wp_claim(r, u);
+	if (c == WP_BUSY)
+		return;
+	/* WP_GONE: gone meanwhile; the wake below lets it fault again. */
+	bool held = c == WP_HELD, here = c != WP_GONE;
 	size_t n = 1;
 	if (here) {
 		size_t wend = fault_readahead(up, r, u, true);
