@@ -15,7 +15,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <setjmp.h>
 #include <signal.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -34,49 +33,8 @@ static upager_t *inline_runtime(void)
 	return up;
 }
 
-/* ---- the application's own SIGBUS handler ---- */
-
-static sigjmp_buf jump;
-static volatile sig_atomic_t app_sigbus;
-static void *volatile app_addr;
-
-static void app_handler(int sig, siginfo_t *si, void *uc)
-{
-	(void)sig;
-	(void)uc;
-	app_sigbus++;
-	app_addr = si->si_addr;
-	siglongjmp(jump, 1);
-}
-
-static struct sigaction app_install(void)
-{
-	struct sigaction sa, old;
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_sigaction = app_handler;
-	sa.sa_flags = SA_SIGINFO;
-	sigemptyset(&sa.sa_mask);
-	assert_int_equal(sigaction(SIGBUS, &sa, &old), 0);
-	app_sigbus = 0;
-	return old;
-}
-
-static bool handler_is_app(void)
-{
-	struct sigaction cur;
-	assert_int_equal(sigaction(SIGBUS, NULL, &cur), 0);
-	return (cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == app_handler;
-}
-
-/* Reads *p; true when that raised SIGBUS (caught by app_handler). */
-static bool read_raises_sigbus(const volatile uint8_t *p, uint8_t *val)
-{
-	if (sigsetjmp(jump, 1) == 0) {
-		*val = *p;
-		return false;
-	}
-	return true;
-}
+/* The application's own SIGBUS handler is testutil's catcher
+ * (tu_sigbus_catch), installed before the runtime is created. */
 
 /* ---- reads ---- */
 
@@ -180,7 +138,8 @@ static void test_inline_read_error_sigbus(void **state)
 	struct tu_ref ref = { .fd = fd, .length = 256 * TU_KIB,
 			      .store_size = 256 * TU_KIB };
 	int sfd = tu_open(path);
-	struct sigaction old = app_install();
+	struct sigaction old;
+	tu_sigbus_catch(&old);
 	upager_t *up = inline_runtime();
 	upager_store_t *s = NULL;
 	TU_OK(upager_store_fd(sfd, 0, &s));
@@ -195,26 +154,26 @@ static void test_inline_read_error_sigbus(void **state)
 	assert_int_equal(dup2(wfd, sfd), sfd); /* reads now fail: EBADF */
 	uint8_t v = 0;
 	uint8_t *bad = a + 5 * 16 * TU_KIB + 100;
-	if (!read_raises_sigbus(bad, &v))
+	if (!tu_read_raises_sigbus(bad, &v))
 		fail_msg("unreadable unit read as 0x%02x, no SIGBUS", v);
-	assert_int_equal(app_sigbus, 1);
-	assert_true(read_raises_sigbus(bad + 4096, &v));
-	assert_int_equal(app_sigbus, 2);
+	assert_int_equal(tu_sigbus_count, 1);
+	assert_true(tu_read_raises_sigbus(bad + 4096, &v));
+	assert_int_equal(tu_sigbus_count, 2);
 	struct upager_stats st = tu_stats(up, a);
 	assert_true(st.read_errors >= 1);
 	/* A unit already there is untouched by the error. */
 	assert_true(tu_check(&ref, a, 0, 16 * TU_KIB));
 
 	assert_int_equal(dup2(rfd, sfd), sfd); /* readable again */
-	if (read_raises_sigbus(bad, &v))
+	if (tu_read_raises_sigbus(bad, &v))
 		fail_msg("unit still raises SIGBUS once the store reads");
 	assert_true(tu_check(&ref, a, 0, 256 * TU_KIB));
-	assert_int_equal(app_sigbus, 2);
+	assert_int_equal(tu_sigbus_count, 2);
 
 	TU_OK(upager_unmap(up, a));
 	upager_destroy(up);
 	upager_store_release(s);
-	assert_true(handler_is_app());
+	assert_true(tu_sigbus_catching());
 	assert_int_equal(sigaction(SIGBUS, &old, NULL), 0);
 	close(wfd);
 	close(rfd);
@@ -232,15 +191,16 @@ static void test_inline_foreign_sigbus_passed_on(void **state)
 	assert_true(fd >= 0);
 	uint8_t *m = mmap(NULL, 8192, PROT_READ, MAP_SHARED, fd, 0);
 	assert_true(m != MAP_FAILED);
-	struct sigaction old = app_install();
+	struct sigaction old;
+	tu_sigbus_catch(&old);
 	upager_t *up = inline_runtime();
-	assert_false(handler_is_app()); /* the runtime's is in front */
+	assert_false(tu_sigbus_catching()); /* the runtime's is in front */
 	uint8_t v = 0;
-	assert_true(read_raises_sigbus(m + 4096, &v)); /* past the end */
-	assert_int_equal(app_sigbus, 1);
-	assert_ptr_equal(app_addr, m + 4096);
+	assert_true(tu_read_raises_sigbus(m + 4096, &v)); /* past the end */
+	assert_int_equal(tu_sigbus_count, 1);
+	assert_ptr_equal(tu_sigbus_addr, m + 4096);
 	upager_destroy(up);
-	assert_true(handler_is_app());
+	assert_true(tu_sigbus_catching());
 	assert_int_equal(sigaction(SIGBUS, &old, NULL), 0);
 	munmap(m, 8192);
 	close(fd);

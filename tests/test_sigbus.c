@@ -8,7 +8,7 @@
  * process tests fork before any runtime exists in the parent, so the
  * child may create its own runtime; the parent waits with a timeout so a
  * hang fails the test. The in-process test catches the SIGBUS with
- * sigsetjmp/siglongjmp.
+ * testutil's catcher (sigsetjmp/siglongjmp).
  */
 #define _GNU_SOURCE
 #include "testutil.h"
@@ -164,38 +164,11 @@ static void test_read_error_with_readahead_spares_good_units(void **state)
 
 /* ---- in process ---- */
 
-static sigjmp_buf jump;
-static volatile sig_atomic_t sigbus_count;
-static void *volatile sigbus_addr;
-
-static void on_sigbus(int sig, siginfo_t *si, void *uc)
-{
-	(void)sig;
-	(void)uc;
-	sigbus_count++;
-	sigbus_addr = si->si_addr;
-	siglongjmp(jump, 1);
-}
-
-/* Reads *p; returns true when that raised SIGBUS. */
-static bool read_raises_sigbus(const volatile uint8_t *p, uint8_t *val)
-{
-	if (sigsetjmp(jump, 1) == 0) {
-		*val = *p;
-		return false;
-	}
-	return true;
-}
-
 static void test_read_error_sigbus_in_process(void **state)
 {
 	(void)state;
-	struct sigaction sa, old;
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_sigaction = on_sigbus;
-	sa.sa_flags = SA_SIGINFO;
-	sigemptyset(&sa.sa_mask);
-	assert_int_equal(sigaction(SIGBUS, &sa, &old), 0);
+	struct sigaction old;
+	tu_sigbus_catch(&old);
 
 	static const size_t pages[] = { 4096, 64 * TU_KIB };
 	for (size_t k = 0; k < 2; k++) {
@@ -209,20 +182,20 @@ static void test_read_error_sigbus_in_process(void **state)
 		size_t bad = bad_blocks[0] * 4096 / page;
 		uint8_t v = 0;
 
-		sigbus_count = 0;
+		tu_sigbus_count = 0;
 		assert_false(unit_bad(REGION_LEN / page - 1, page));
 		assert_true(tu_check(&ref, base, REGION_LEN - page, page));
 		/* The first byte of the bad unit, whichever 4 KiB page of the
 		 * unit holds the bad block. */
 		uint8_t *p = base + bad * page;
-		if (!read_raises_sigbus(p, &v))
+		if (!tu_read_raises_sigbus(p, &v))
 			fail_msg("page %zu: bad unit read 0x%02x, no SIGBUS",
 				 page, v);
-		assert_int_equal(sigbus_count, 1);
-		assert_ptr_equal((uint8_t *)sigbus_addr, p);
+		assert_int_equal(tu_sigbus_count, 1);
+		assert_ptr_equal((uint8_t *)tu_sigbus_addr, p);
 		/* Again: still an error, not zeros and not a hang. */
-		assert_true(read_raises_sigbus(p + page - 1, &v));
-		assert_int_equal(sigbus_count, 2);
+		assert_true(tu_read_raises_sigbus(p + page - 1, &v));
+		assert_int_equal(tu_sigbus_count, 2);
 
 		/* The runtime still serves every good unit. */
 		for (size_t u = 0; u < REGION_LEN / page; u++)
@@ -239,7 +212,7 @@ static void test_read_error_sigbus_in_process(void **state)
 		 * touch fetch it again. */
 		atomic_store(&f.healed, true);
 		TU_OK(upager_advise(up, p, page, UPAGER_ADV_DONTNEED));
-		if (read_raises_sigbus(p, &v))
+		if (tu_read_raises_sigbus(p, &v))
 			fail_msg("page %zu: unit still raises SIGBUS after "
 				 "DONTNEED with a healed store",
 				 page);

@@ -610,3 +610,45 @@ int tu_main(int argc, char **argv, const char *group,
 		return 77;
 	return 0;
 }
+
+/* ---- catching SIGBUS in this process ---- */
+
+volatile int tu_sigbus_count;
+void *volatile tu_sigbus_addr;
+static sigjmp_buf sigbus_jump;
+
+static void sigbus_catcher(int sig, siginfo_t *si, void *uc)
+{
+	(void)sig;
+	(void)uc;
+	tu_sigbus_count++;
+	tu_sigbus_addr = si->si_addr;
+	siglongjmp(sigbus_jump, 1);
+}
+
+void tu_sigbus_catch(struct sigaction *old)
+{
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_sigaction = sigbus_catcher;
+	sa.sa_flags = SA_SIGINFO;
+	sigemptyset(&sa.sa_mask);
+	assert_int_equal(sigaction(SIGBUS, &sa, old), 0);
+	tu_sigbus_count = 0;
+}
+
+bool tu_sigbus_catching(void)
+{
+	struct sigaction cur;
+	assert_int_equal(sigaction(SIGBUS, NULL, &cur), 0);
+	return (cur.sa_flags & SA_SIGINFO) && cur.sa_sigaction == sigbus_catcher;
+}
+
+bool tu_read_raises_sigbus(const volatile uint8_t *p, uint8_t *val)
+{
+	if (sigsetjmp(sigbus_jump, 1) == 0) {
+		*val = *p;
+		return false;
+	}
+	return true;
+}

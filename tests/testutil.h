@@ -19,6 +19,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <cmocka.h>
 
 #include <stdbool.h>
@@ -158,6 +159,20 @@ void tu_child_default_signals(void);
 bool tu_wait_child(pid_t pid, unsigned timeout_ms, int *status);
 /* Describes a wait status into @buf ("exit 3", "signal 7 (Bus error)"). */
 const char *tu_status_str(int status, char *buf, size_t size);
+
+/* ---- catching SIGBUS in this process ---- */
+
+/* Counted SIGBUS catches and the last one's si_addr. */
+extern volatile int tu_sigbus_count;
+extern void *volatile tu_sigbus_addr;
+/* Installs the catcher as the SIGBUS handler (the previous action goes to
+ * *old) and zeroes tu_sigbus_count. */
+void tu_sigbus_catch(struct sigaction *old);
+/* Whether the catcher is the current SIGBUS handler. */
+bool tu_sigbus_catching(void);
+/* Reads *p; true when that raised SIGBUS (caught, counted, and the read
+ * abandoned); false with the byte in *val otherwise. */
+bool tu_read_raises_sigbus(const volatile uint8_t *p, uint8_t *val);
 
 /* ---- skipping and main ---- */
 
