@@ -275,7 +275,8 @@ static uint64_t text_word(uint64_t r)
 enum { PH_FILL, PH_RAND, PH_SEQ, PH_N };
 
 struct phase {
-	double secs;
+	double secs;     /* the whole phase, sync included */
+	double sync_secs; /* of which the flush (upager) or msync (kernel) */
 	uint64_t units;  /* pages touched or bytes moved */
 	uint64_t sum;    /* checksum of the words read */
 	bool ran;
@@ -703,13 +704,16 @@ static void file_workload(uint8_t *base, size_t len, const struct side_ops *so,
 	phase_random(base, len, O.file_ops, 3, ph);
 	double t0 = now_s();
 	so->sync(so->ctx, base, len, r);
-	ph->secs += now_s() - t0;
+	ph->sync_secs = now_s() - t0;
+	ph->secs += ph->sync_secs;
 	so->hint(so->ctx, base, len, true);
 	ph = &r->ph[PH_SEQ];
 	t0 = now_s();
 	for (uint64_t pg = 0; pg < len / PG; pg++)
 		gen_page(base + pg * PG, pg ^ 0x5a5a);
+	double t1 = now_s();
 	so->sync(so->ctx, base, len, r);
+	ph->sync_secs = now_s() - t1;
 	ph->secs = now_s() - t0;
 	ph->units = len;
 	ph->ran = true;
@@ -1223,6 +1227,18 @@ static void compare_file(void)
 		     u.st.evictions,
 		     u.st.writebacks,
 		     u.max_resident_seen >> 20, u.peak_rss_kib >> 10);
+	for (int i = PH_RAND; u_ok && i <= PH_SEQ; i++) {
+		const struct phase *a = &u.ph[i], *b = &k.ph[i];
+		const char *what = i == PH_RAND ? "random r/w" : "seq write";
+		if (k_ok)
+			note("%s: upager %.2f s + flush %.2f s, kernel %.2f s "
+			     "+ msync %.2f s", what, a->secs - a->sync_secs,
+			     a->sync_secs, b->secs - b->sync_secs,
+			     b->sync_secs);
+		else
+			note("%s: upager %.2f s + flush %.2f s", what,
+			     a->secs - a->sync_secs, a->sync_secs);
+	}
 	if (u_ok && k_ok) {
 		check_sums("file", &u, &k);
 		if (uh != kh) {
