@@ -291,12 +291,18 @@ struct upager__uffd_caps {
 	bool move;
 	bool thread_id;
 	bool wp;        /* write-protect faults on anonymous memory */
+	bool sigbus;    /* faults raise SIGBUS: nothing ever waits on it */
 };
 
 /* sigbus: faults raise SIGBUS in the faulting thread instead of queueing
  * a message (UFFD_FEATURE_SIGBUS; -EOPNOTSUPP without it). */
 int upager__uffd_open(int *fd, struct upager__uffd_caps *caps,
 		      bool sigbus) UPAGER__HIDDEN;
+/* A descriptor with UFFD_FEATURE_MOVE and no events, for a private
+ * destination of UFFDIO_MOVE: madvise or munmap there sends no event, so
+ * nothing waits for a reader and installs elsewhere never see EAGAIN
+ * because of it. -EOPNOTSUPP without UFFDIO_MOVE. */
+int upager__uffd_open_mover(int *fd) UPAGER__HIDDEN;
 int upager__uffd_unregister(int fd, uintptr_t base, size_t len) UPAGER__HIDDEN;
 int upager__uffd_wake(int fd, uintptr_t base, size_t len) UPAGER__HIDDEN;
 /* One ioctl each; *done gets the bytes handled before the error (never a
@@ -375,6 +381,15 @@ struct upager__space {
 
 	struct upager__space *next; /* up->spaces list */
 };
+
+/* Wakes faults waiting on [base, base + len) of the space; none can wait
+ * on a SIGBUS descriptor, so there it is no system call at all. */
+static inline void upager__space_wake(const struct upager__space *sp,
+				      uintptr_t base, size_t len)
+{
+	if (!sp->caps.sigbus)
+		upager__uffd_wake(sp->uffd, base, len);
+}
 
 int upager__space_init(upager_t *up, struct upager__space *sp, int uffd,
 		       bool local) UPAGER__HIDDEN;

@@ -348,7 +348,7 @@ static void on_wp_fault(upager_t *up, struct upager__space *sp,
 		release_dirty(r, u);
 	for (size_t v = u + 1; v < u + n; v++)
 		release_dirty(r, v);
-	upager__uffd_wake(sp->uffd, ua, n << r->page_shift);
+	upager__space_wake(sp, ua, n << r->page_shift);
 }
 
 static bool page_resident(uintptr_t page)
@@ -373,7 +373,7 @@ static void on_fault(struct mgr *m, struct upager__space *sp,
 			upager__uffd_poison(sp->uffd, addr, 4096, &done);
 		else if (!r && tid && sp->local)
 			syscall(SYS_tgkill, getpid(), (pid_t)tid, SIGBUS);
-		upager__uffd_wake(sp->uffd, addr, 4096);
+		upager__space_wake(sp, addr, 4096);
 		return;
 	}
 	CNT_INC(&r->cnt, faults, 1);
@@ -405,7 +405,7 @@ static void on_fault(struct mgr *m, struct upager__space *sp,
 			if (tid && (int)tid == atomic_load(&up->wb_tid)) {
 				size_t done;
 				upager__uffd_zero(sp->uffd, addr, 4096, &done);
-				upager__uffd_wake(sp->uffd, addr, 4096);
+				upager__space_wake(sp, addr, 4096);
 			}
 			return;
 		}
@@ -421,7 +421,7 @@ static void on_fault(struct mgr *m, struct upager__space *sp,
 		 * process's, fetch again (the install meets EEXIST and
 		 * wakes). */
 		if (sp->local && page_resident(addr)) {
-			upager__uffd_wake(sp->uffd, addr, 4096);
+			upager__space_wake(sp, addr, 4096);
 			return;
 		}
 		if (unit_update(r->state, u, UNIT_PRESENT, UNIT_FETCHING, 0,

@@ -88,6 +88,25 @@ int upager__uffd_open(int *out, struct upager__uffd_caps *caps, bool sigbus)
 	caps->move = !!(api2.features & UFFD_FEATURE_MOVE);
 	caps->thread_id = !!(api2.features & UFFD_FEATURE_THREAD_ID);
 	caps->wp = !!(api2.features & UFFD_FEATURE_PAGEFAULT_FLAG_WP);
+	/* api2.features lists every feature the kernel has, asked for or
+	 * not: SIGBUS is on only if asked for. */
+	caps->sigbus = sigbus;
+	*out = fd;
+	return 0;
+}
+
+int upager__uffd_open_mover(int *out)
+{
+	int fd = uffd_new();
+	if (fd < 0)
+		return fd;
+	struct uffdio_api api = { .api = UFFD_API,
+				  .features = UFFD_FEATURE_MOVE };
+	if (ioctl(fd, UFFDIO_API, &api)) {
+		int rc = errno == EINVAL ? -EOPNOTSUPP : -errno;
+		close(fd);
+		return rc;
+	}
 	*out = fd;
 	return 0;
 }

@@ -67,6 +67,7 @@ struct upager__wb {
 	char *scratch;          /* SCRATCH bytes, registered WP-only */
 	size_t scratch_used;
 	bool move_ok;
+	int move_fd;            /* scratch's descriptor (no events), or -1 */
 	struct io_uring ring;
 	bool ring_ok;
 };
@@ -88,19 +89,20 @@ static uintptr_t unit_addr(const struct upager__region *r, size_t u)
 	return region_base(r) + (u << r->page_shift);
 }
 
-/* Moves len bytes between region and scratch, retrying while the kernel
- * reports the address space changing. *moved (if not NULL) gets how many
- * bytes from the start did move, also on failure. */
-static int move_some(upager_t *up, uintptr_t dst, uintptr_t src, size_t len,
-		     size_t *moved)
+/* Moves len bytes between region and scratch through @fd (the one the
+ * destination is registered on), retrying while the kernel reports the
+ * address space changing. *moved (if not NULL) gets how many bytes from
+ * the start did move, also on failure. */
+static int move_some(upager_t *up, int fd, uintptr_t dst, uintptr_t src,
+		     size_t len, size_t *moved)
 {
 	size_t off = 0;
 	unsigned tries = 0;
 	int rc = 0;
 	while (off < len) {
 		size_t done = 0;
-		rc = upager__uffd_move(up->home.uffd, dst + off, src + off,
-				       len - off, &done);
+		rc = upager__uffd_move(fd, dst + off, src + off, len - off,
+				       &done);
 		off += done;
 		if (rc == 0)
 			break;
@@ -119,9 +121,10 @@ static int move_some(upager_t *up, uintptr_t dst, uintptr_t src, size_t len,
 	return rc;
 }
 
-static int move_all(upager_t *up, uintptr_t dst, uintptr_t src, size_t len)
+/* Moves bytes back from scratch into the region. */
+static int move_back(upager_t *up, uintptr_t dst, uintptr_t src, size_t len)
 {
-	return move_some(up, dst, src, len, NULL);
+	return move_some(up, up->home.uffd, dst, src, len, NULL);
 }
 
 /* ---- writing to the store ---- */
@@ -372,7 +375,7 @@ static void release_gap(upager_t *up, struct upager__region *r, size_t a,
 	for (size_t u = a; u < b; u++)
 		unit_update(r->state, u, UNIT_BUSY, UNIT_EMPTY, 0,
 			    UNIT_REMOVED);
-	upager__uffd_wake(up->home.uffd, unit_addr(r, a),
+	upager__space_wake(&up->home, unit_addr(r, a),
 			  (b - a) << r->page_shift);
 }
 
@@ -384,7 +387,7 @@ static void span_failed(struct upager__wb *wb, struct upager__region *r,
 			struct item *it, char *slot, size_t have)
 {
 	uintptr_t ua = unit_addr(r, it->u);
-	if (have && move_all(wb->up, ua, (uintptr_t)slot, have) != 0)
+	if (have && move_back(wb->up, ua, (uintptr_t)slot, have) != 0)
 		/* Cannot happen short of a kernel change: keep the bytes. */
 		upager__install(r, it->u, 1, slot, FILL_COPY, false);
 	copy_out(wb, r, it, true, slot);
@@ -435,8 +438,8 @@ static void take_out_all(struct upager__wb *wb, struct upager__region *r,
 		size_t last = items[j - 1].u;
 		size_t len = (last - first + 1) << r->page_shift, moved;
 		char *slot = wb->scratch + wb->scratch_used;
-		move_some(wb->up, (uintptr_t)slot, unit_addr(r, first), len,
-			  &moved);
+		move_some(wb->up, wb->move_fd, (uintptr_t)slot,
+			  unit_addr(r, first), len, &moved);
 		wb->scratch_used += len;
 		for (size_t q = i; q + 1 < j; q++)
 			release_gap(wb->up, r, items[q].u + 1, items[q + 1].u);
@@ -474,7 +477,7 @@ static void settle(struct upager__wb *wb, struct upager__region *r,
 			madvise((void *)ua, r->page_size, MADV_DONTNEED);
 	}
 	if (keep && it->moved &&
-	    move_all(up, ua, (uintptr_t)it->data, r->page_size) != 0)
+	    move_back(up, ua, (uintptr_t)it->data, r->page_size) != 0)
 		/* Cannot happen short of a kernel change; copy instead of
 		 * losing the only copy of the data. */
 		upager__install(r, it->u, 1, it->data, FILL_COPY, false);
@@ -504,15 +507,14 @@ static void settle(struct upager__wb *wb, struct upager__region *r,
 		if (evict)
 			CNT_INC(&r->cnt, evictions, 1);
 	}
-	upager__uffd_wake(up->home.uffd, ua, r->page_size);
+	upager__space_wake(&up->home, ua, r->page_size);
 }
 
 static void scratch_reset(struct upager__wb *wb)
 {
 	if (!wb->scratch_used)
 		return;
-	/* One REMOVE event for the whole batch (the manager finds no region
-	 * there and ignores it). */
+	/* No event: scratch is registered on a descriptor without them. */
 	madvise(wb->scratch, wb->scratch_used, MADV_DONTNEED);
 	wb->scratch_used = 0;
 }
@@ -841,6 +843,7 @@ int upager__wb_start(upager_t *up)
 	if (!wb)
 		return -ENOMEM;
 	wb->up = up;
+	wb->move_fd = -1;
 	pthread_mutex_init(&wb->lock, NULL);
 	pthread_cond_init(&wb->cv, NULL);
 	pthread_cond_init(&wb->done_cv, NULL);
@@ -856,15 +859,23 @@ int upager__wb_start(upager_t *up)
 		goto fail;
 	}
 	madvise(wb->scratch, SCRATCH, MADV_DONTFORK);
-	/* UFFDIO_MOVE needs its destination registered on the same
-	 * descriptor; write-protect mode only, so that touching a hole in
-	 * the scratch area is an ordinary zero-fill, not a fault for us,
-	 * and with the same page protection as the write-protected regions
-	 * (the kernel moves only between vmas that agree on it). */
-	wb->move_ok = up->home.caps.move &&
-		      upager__uffd_register_mode(up->home.uffd,
-				(uintptr_t)wb->scratch, SCRATCH,
-				UFFDIO_REGISTER_MODE_WP) == 0;
+	/* UFFDIO_MOVE needs its destination registered on the descriptor
+	 * it is issued on. Scratch has one of its own, without events: the
+	 * madvise that empties it after every batch would otherwise be a
+	 * REMOVE event on the runtime's descriptor, which the madvise waits
+	 * for the manager to read and which makes every install meanwhile
+	 * fail with EAGAIN and retry. Write-protect mode only, so that
+	 * touching a hole in the scratch area is an ordinary zero-fill, not
+	 * a fault, and with the same page protection as the write-protected
+	 * regions (the kernel moves only between vmas that agree on it). */
+	if (up->home.caps.move &&
+	    upager__uffd_open_mover(&wb->move_fd) == 0 &&
+	    upager__uffd_register_mode(wb->move_fd, (uintptr_t)wb->scratch,
+				       SCRATCH, UFFDIO_REGISTER_MODE_WP) != 0) {
+		close(wb->move_fd);
+		wb->move_fd = -1;
+	}
+	wb->move_ok = wb->move_fd >= 0;
 	up->wb = wb;
 	rc = -pthread_create(&wb->thr, NULL, wb_main, wb);
 	if (rc) {
@@ -875,6 +886,8 @@ int upager__wb_start(upager_t *up)
 	wb->started = true;
 	return 0;
 fail:
+	if (wb->move_fd >= 0)
+		close(wb->move_fd);
 	if (wb->scratch)
 		munmap(wb->scratch, SCRATCH);
 	if (wb->ring_ok)
@@ -896,9 +909,8 @@ void upager__wb_stop(upager_t *up)
 	pthread_mutex_unlock(&wb->lock);
 	if (wb->started)
 		pthread_join(wb->thr, NULL);
-	if (wb->move_ok)
-		upager__uffd_unregister(up->home.uffd, (uintptr_t)wb->scratch,
-					SCRATCH);
+	if (wb->move_fd >= 0)
+		close(wb->move_fd);
 	munmap(wb->scratch, SCRATCH);
 	io_uring_queue_exit(&wb->ring);
 	pthread_mutex_destroy(&wb->lock);
