@@ -132,18 +132,23 @@ static struct upager__region *find(uintptr_t addr)
 	return NULL;
 }
 
-/* Whether the faulting access was a write; *known false where the
- * architecture's signal context does not say. */
-static bool fault_write(const void *ucv, bool *known)
+/* What the faulting access was, where the architecture's signal context
+ * says (known): a write, and to a page that was mapped (a write to a
+ * write-protected page, not a missing one). */
+struct access {
+	bool known, write, mapped;
+};
+
+static struct access fault_access(const void *ucv)
 {
 #if defined(__x86_64__)
 	const ucontext_t *uc = ucv;
-	*known = true;
-	return uc->uc_mcontext.gregs[REG_ERR] & 2; /* page-fault error code */
+	greg_t err = uc->uc_mcontext.gregs[REG_ERR]; /* page-fault error code */
+	return (struct access){ .known = true, .write = err & 2,
+				.mapped = err & 1 };
 #else
 	(void)ucv;
-	*known = false;
-	return false;
+	return (struct access){ .known = false, .mapped = false };
 #endif
 }
 
@@ -318,7 +323,8 @@ static enum outcome serve_unit(struct upager__region *r, uintptr_t addr,
 	upager_t *up = r->up;
 	uint64_t t0 = upager__now_ns(), present_since = 0;
 	size_t u = (addr - region_base(r)) >> r->page_shift;
-	bool known, write = fault_write(uc, &known);
+	struct access acc = fault_access(uc);
+	bool write = acc.write, first = true;
 	CNT_INC(&r->cnt, faults, 1);
 	for (;;) {
 		uint8_t b = unit_byte(r->state, u), s = b & UNIT_STATE;
@@ -351,10 +357,15 @@ static enum outcome serve_unit(struct upager__region *r, uintptr_t addr,
 		default: /* PRESENT */
 			break;
 		}
-		if (page_resident(addr)) {
+		/* A write to a mapped (protected) page says so in the
+		 * fault's error code: no system call to ask. Otherwise ask:
+		 * an install may have mapped it since the fault. */
+		bool mapped = (first && acc.mapped) || page_resident(addr);
+		first = false;
+		if (mapped) {
 			/* Mapped: a write to a protected page, or an
 			 * install that raced with this fault. */
-			if (r->wp && (write || !known))
+			if (r->wp && (write || !acc.known))
 				return wp_fault(r, u);
 			return SERVED;
 		}
