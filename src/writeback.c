@@ -68,6 +68,8 @@ struct upager__wb {
 	size_t scratch_used;
 	bool move_ok;
 	int move_fd;            /* scratch's descriptor (no events), or -1 */
+	/* mincore() of a run of units a flush copies out (copy_out_run) */
+	unsigned char run_vec[BATCH * (UPAGER_PAGE_SIZE_MAX / 4096)];
 	struct io_uring ring;
 	bool ring_ok;
 };
@@ -318,6 +320,24 @@ static size_t claim(struct upager__region *r, const size_t *units, size_t n,
 	return k;
 }
 
+/* Whether copying item @it out needs its bytes (else it is only
+ * dropped, or left as it is). */
+static bool needs_data(const struct upager__region *r, const struct item *it)
+{
+	return (it->b & UNIT_DIRTY) && r->writeback;
+}
+
+/* Copies the pages of it's unit that it->vec marks present to @slot. */
+static void copy_pages(const struct upager__region *r, struct item *it,
+		       char *slot)
+{
+	const char *src = (const char *)unit_addr(r, it->u);
+	for (size_t p = 0; p < r->page_size / PAGE; p++)
+		if (it->vec[p] & 1)
+			memcpy(slot + p * PAGE, src + p * PAGE, PAGE);
+	it->data = slot;
+}
+
 /* Takes the unit's bytes out of the region by copy, into @slot (a flush;
  * an eviction without UFFDIO_MOVE, or of a unit the kernel would not
  * move): write-protects the unit (later writes fault and wait) and copies
@@ -327,18 +347,14 @@ static void copy_out(struct upager__wb *wb, struct upager__region *r,
 		     struct item *it, bool evict, char *slot)
 {
 	upager_t *up = wb->up;
-	bool need_data = (it->b & UNIT_DIRTY) && r->writeback;
+	bool need_data = needs_data(r, it);
 	uintptr_t ua = unit_addr(r, it->u);
 	size_t npages = r->page_size / PAGE;
 	if (need_data) {
 		upager__uffd_writeprotect(up->home.uffd, ua, r->page_size, true);
 		if (mincore((void *)ua, r->page_size, it->vec))
 			memset(it->vec, 0, npages);
-		for (size_t p = 0; p < npages; p++)
-			if (it->vec[p] & 1)
-				memcpy(slot + p * PAGE, (char *)ua + p * PAGE,
-				       PAGE);
-		it->data = slot;
+		copy_pages(r, it, slot);
 	}
 	if (evict) {
 		/* The REMOVE event of our own zap is not the application
@@ -406,14 +422,47 @@ static bool claim_gap(upager_t *up, struct upager__region *r, size_t a,
 	return true;
 }
 
+/* A flush's copy-out: items[i..j) are adjacent units that all need their
+ * bytes. They are write-protected with one ioctl (one TLB flush, where a
+ * unit at a time cost one each: a flush after a sequential write is runs
+ * of 64), then copied page by page where one mincore() says a page is
+ * there. */
+static void copy_out_run(struct upager__wb *wb, struct upager__region *r,
+			 struct item *items, size_t i, size_t j)
+{
+	uintptr_t ua = unit_addr(r, items[i].u);
+	size_t len = (j - i) << r->page_shift, npages = r->page_size / PAGE;
+	upager__uffd_writeprotect(wb->up->home.uffd, ua, len, true);
+	if (mincore((void *)ua, len, wb->run_vec))
+		memset(wb->run_vec, 0, len / PAGE);
+	for (size_t q = i; q < j; q++) {
+		memcpy(items[q].vec, wb->run_vec + (q - i) * npages, npages);
+		copy_pages(r, &items[q], wb->scratch + wb->scratch_used);
+		wb->scratch_used += r->page_size;
+	}
+}
+
 /* Takes the items out of the region: eviction moves them into scratch in
  * spans (above; the region range is empty at once, so accesses fault and
- * wait), everything else is copied out unit by unit. At entry the scratch
- * area is empty and has room for the k items (process()). */
+ * wait), everything else is copied out (runs of adjacent units at once
+ * for a flush). At entry the scratch area is empty and has room for the
+ * k items (process()). */
 static void take_out_all(struct upager__wb *wb, struct upager__region *r,
 			 struct item *items, size_t k, bool evict)
 {
-	if (!evict || !wb->move_ok) {
+	if (!evict) {
+		for (size_t i = 0, j; i < k; i = j) {
+			j = i + 1;
+			if (!needs_data(r, &items[i]))
+				continue; /* a clean unit stays as it is */
+			while (j < k && needs_data(r, &items[j]) &&
+			       items[j].u == items[j - 1].u + 1)
+				j++;
+			copy_out_run(wb, r, items, i, j);
+		}
+		return;
+	}
+	if (!wb->move_ok) {
 		for (size_t i = 0; i < k; i++) {
 			copy_out(wb, r, &items[i], evict,
 				 wb->scratch + wb->scratch_used);
