@@ -25,7 +25,8 @@
  * file contents, must match, else the exit status is 1.
  *
  * The kernel side needs root: the program creates the cgroups and the zram
- * swap device (hot_add, lz4, mkswap, swapon) itself, says so, and removes
+ * swap device (hot_add, lz4, mkswap, swapon; kernel_env.c) itself, says
+ * so, and removes
  * them at exit, on failure and on SIGINT/SIGTERM. Whatever is unavailable
  * is reported and that row is skipped. No timing is ever asserted.
  */
@@ -46,7 +47,6 @@
 #include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
-#include <sys/swap.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -54,6 +54,7 @@
 #include "upager.h"
 #include "size.h"
 #include "textpool.h"
+#include "kernel_env.h"
 
 #define KIB 1024ull
 #define MIB (1024 * KIB)
@@ -71,6 +72,7 @@ struct opts {
 	uint64_t ops, file_ops;
 	size_t page, seq_page, file_page, readahead;
 	uint64_t headroom;
+	bool headroom_auto; /* not given; 0 when the budget leaves no room */
 	unsigned workers;
 	const char *dir;
 	bool csv, direct, inline_faults;
@@ -86,7 +88,7 @@ static struct opts O = {
 	.seq_page = 64 * KIB,
 	.file_page = PG,
 	.readahead = 1 * MIB,
-	.headroom = UINT64_MAX, /* auto: budget / 8, at most 32 MiB */
+	.headroom = UINT64_MAX, /* auto: see parse_opts() */
 	.dir = "/var/tmp",
 	.do_lz4 = true,
 	.do_file = true,
@@ -108,7 +110,10 @@ static void usage(FILE *f)
 "  --readahead BYTES  upager readahead while scanning (1M)\n"
 "  --headroom BYTES   file comparison: upager's budget is the cgroup\n"
 "                     limit minus this, for its page cache and buffers\n"
-"                     (default budget/8, at most 32M)\n"
+"                     (default budget/8, from 16M to 32M; a budget\n"
+"                     under 32M leaves no room for upager's own memory,\n"
+"                     so then the file comparison runs upager alone,\n"
+"                     without cgroups, unless --headroom is given)\n"
 "  --direct           file comparison: upager reads with O_DIRECT\n"
 "  --inline           file comparison: UPAGER_CFG_INLINE, faults served\n"
 "                     by the faulting thread (no manager round trip)\n"
@@ -199,13 +204,20 @@ static void parse_opts(int argc, char **argv)
 			exit(2);
 		}
 	}
-	if (O.headroom == UINT64_MAX)
-		O.headroom = O.budget / 8 < 32 * MIB ? O.budget / 8 : 32 * MIB;
 	O.size &= ~(uint64_t)(PG - 1);
 	O.budget &= ~(uint64_t)(PG - 1);
+	if (O.headroom == UINT64_MAX) {
+		/* upager's own memory beyond its budget (read buffers, the
+		 * program's data pool; about 12 MiB) plus room for the page
+		 * cache: budget/8, from 16 to 32 MiB. */
+		uint64_t h = O.budget / 8;
+		h = h < 16 * MIB ? 16 * MIB : h > 32 * MIB ? 32 * MIB : h;
+		O.headroom_auto = true;
+		O.headroom = h * 2 <= O.budget ? h : 0; /* 0: no room */
+	}
 	if (optind < argc || O.size < 16 * PG || O.budget < 4 * PG ||
 	    O.budget >= O.size || O.ops == 0 || O.file_ops == 0 ||
-	    O.headroom >= O.budget || !unit_ok(O.page) ||
+	    (!O.headroom_auto && O.headroom >= O.budget) || !unit_ok(O.page) ||
 	    !unit_ok(O.seq_page) || !unit_ok(O.file_page)) {
 		fprintf(stderr, "upager-budget-bench: inconsistent options "
 			"(need budget < size, headroom < budget, page a "
@@ -308,121 +320,12 @@ static void fail_res(struct result *r, const char *fmt, ...)
 }
 
 /* ------------------------------------------------------------------ */
-/* Kernel-side environment: cgroups and zram, removed at exit          */
+/* Interruption: the running child is killed, kernel_env_teardown()     */
+/* (atexit) removes the cgroups and the zram device                    */
 /* ------------------------------------------------------------------ */
 
-#define CG_ROOT "/sys/fs/cgroup/memory"
-
-static char cg_paths[4][256];
-static int zram_id = -1;
-static bool zram_swapon;
 static volatile sig_atomic_t stop_flag;
 static volatile pid_t running_child;
-
-static int write_file(const char *path, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
-static int write_file(const char *path, const char *fmt, ...)
-{
-	char buf[128];
-	va_list ap;
-	va_start(ap, fmt);
-	int n = vsnprintf(buf, sizeof(buf), fmt, ap);
-	va_end(ap);
-	int fd = open(path, O_WRONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	ssize_t w = write(fd, buf, (size_t)n);
-	int rc = w == n ? 0 : (w < 0 ? -errno : -EIO);
-	close(fd);
-	return rc;
-}
-
-static int read_file(const char *path, char *buf, size_t len)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return -errno;
-	ssize_t n = read(fd, buf, len - 1);
-	int rc = n < 0 ? -errno : 0;
-	buf[n > 0 ? n : 0] = 0;
-	close(fd);
-	return rc;
-}
-
-static uint64_t read_u64(const char *path)
-{
-	char buf[64];
-	if (read_file(path, buf, sizeof(buf)))
-		return 0;
-	return strtoull(buf, NULL, 10);
-}
-
-/* Makes cgroup slot @i with memory limit @limit. Returns its path or NULL
- * with a reason in @why. */
-static const char *cg_create(int i, uint64_t limit, char *why, size_t wl)
-{
-	char p[300];
-	snprintf(cg_paths[i], sizeof(cg_paths[i]), CG_ROOT
-		 "/upager-bench-%d-%d", (int)getpid(), i);
-	if (mkdir(cg_paths[i], 0755)) {
-		snprintf(why, wl, "cannot create %.160s: %s", cg_paths[i],
-			 strerror(errno));
-		cg_paths[i][0] = 0;
-		return NULL;
-	}
-	snprintf(p, sizeof(p), "%s/memory.limit_in_bytes", cg_paths[i]);
-	int rc = write_file(p, "%" PRIu64, limit);
-	if (rc) {
-		snprintf(why, wl, "cannot set %.160s: %s", p, strerror(-rc));
-		rmdir(cg_paths[i]);
-		cg_paths[i][0] = 0;
-		return NULL;
-	}
-	return cg_paths[i];
-}
-
-static void cg_remove(int i)
-{
-	if (!cg_paths[i][0])
-		return;
-	for (int t = 0; t < 50 && rmdir(cg_paths[i]) && errno == EBUSY; t++)
-		usleep(100000);
-	cg_paths[i][0] = 0;
-}
-
-static void zram_path(char *buf, size_t len, const char *attr)
-{
-	if (attr)
-		snprintf(buf, len, "/sys/block/zram%d/%s", zram_id, attr);
-	else
-		snprintf(buf, len, "/dev/zram%d", zram_id);
-}
-
-static void zram_teardown(void)
-{
-	char p[128];
-	if (zram_id < 0)
-		return;
-	if (zram_swapon) {
-		zram_path(p, sizeof(p), NULL);
-		if (swapoff(p))
-			fprintf(stderr, "warning: swapoff %s: %s\n", p,
-				strerror(errno));
-		zram_swapon = false;
-	}
-	zram_path(p, sizeof(p), "reset");
-	write_file(p, "1");
-	if (write_file("/sys/class/zram-control/hot_remove", "%d", zram_id))
-		fprintf(stderr, "warning: could not remove zram%d\n", zram_id);
-	zram_id = -1;
-}
-
-static void teardown(void)
-{
-	zram_teardown();
-	for (int i = 0; i < 4; i++)
-		cg_remove(i);
-}
 
 static void on_signal(int sig)
 {
@@ -430,105 +333,6 @@ static void on_signal(int sig)
 	stop_flag = 1;
 	if (running_child > 0)
 		kill(running_child, SIGKILL);
-}
-
-/* Runs mkswap on @dev quietly. */
-static int run_mkswap(const char *dev)
-{
-	pid_t pid = fork();
-	if (pid < 0)
-		return -errno;
-	if (pid == 0) {
-		int nul = open("/dev/null", O_WRONLY);
-		if (nul >= 0) {
-			dup2(nul, 1);
-			dup2(nul, 2);
-		}
-		execlp("mkswap", "mkswap", dev, (char *)NULL);
-		execl("/usr/sbin/mkswap", "mkswap", dev, (char *)NULL);
-		execl("/sbin/mkswap", "mkswap", dev, (char *)NULL);
-		_exit(127);
-	}
-	int st;
-	while (waitpid(pid, &st, 0) < 0 && errno == EINTR)
-		;
-	if (WIFEXITED(st) && WEXITSTATUS(st) == 127)
-		return -ENOENT;
-	return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : -EIO;
-}
-
-/* A new zram device with lz4 as a swap device of top priority. */
-static bool zram_setup(uint64_t disksize, char *why, size_t wl)
-{
-	char buf[64], p[128];
-	if (access("/sys/class/zram-control/hot_add", R_OK)) {
-		/* The module may not be loaded: try once. */
-		if (system("modprobe zram >/dev/null 2>&1") != 0 ||
-		    access("/sys/class/zram-control/hot_add", R_OK)) {
-			snprintf(why, wl, "zram unavailable (no "
-				 "/sys/class/zram-control; modprobe zram "
-				 "failed)");
-			return false;
-		}
-	}
-	if (read_file("/sys/class/zram-control/hot_add", buf, sizeof(buf))) {
-		snprintf(why, wl, "zram hot_add failed: %s", strerror(errno));
-		return false;
-	}
-	zram_id = atoi(buf);
-	zram_path(p, sizeof(p), "comp_algorithm");
-	int rc = write_file(p, "lz4");
-	if (rc) {
-		snprintf(why, wl, "zram%d: lz4 not accepted: %s", zram_id,
-			 strerror(-rc));
-		return false;
-	}
-	zram_path(p, sizeof(p), "disksize");
-	rc = write_file(p, "%" PRIu64, disksize);
-	if (rc) {
-		snprintf(why, wl, "zram%d: disksize: %s", zram_id,
-			 strerror(-rc));
-		return false;
-	}
-	zram_path(p, sizeof(p), NULL);
-	rc = run_mkswap(p);
-	if (rc) {
-		snprintf(why, wl, "mkswap %s failed%s", p,
-			 rc == -ENOENT ? " (mkswap not found)" : "");
-		return false;
-	}
-	if (swapon(p, SWAP_FLAG_PREFER | (32767 << SWAP_FLAG_PRIO_SHIFT))) {
-		snprintf(why, wl, "swapon %s: %s", p, strerror(errno));
-		return false;
-	}
-	zram_swapon = true;
-	return true;
-}
-
-/* Reads orig_data_size, compr_data_size, mem_used_total of our zram. */
-static void zram_mm_stat(uint64_t *orig, uint64_t *compr, uint64_t *used)
-{
-	char p[128], buf[256];
-	*orig = *compr = *used = 0;
-	if (zram_id < 0)
-		return;
-	zram_path(p, sizeof(p), "mm_stat");
-	if (read_file(p, buf, sizeof(buf)) == 0) {
-		unsigned long long a = 0, b = 0, c = 0;
-		if (sscanf(buf, "%llu %llu %llu", &a, &b, &c) == 3) {
-			*orig = a;
-			*compr = b;
-			*used = c;
-		}
-	}
-}
-
-/* In a child: moves this process into cgroup @cg. */
-static int cg_join(const char *cg)
-{
-	char p[300];
-	snprintf(p, sizeof(p), "%s/cgroup.procs", cg);
-	return write_file(p, "%d", (int)getpid());
 }
 
 /* ------------------------------------------------------------------ */
@@ -1162,6 +966,14 @@ static void compare_file(void)
 	snprintf(path, sizeof(path), "%s/upager-budget-bench-%d.dat", O.dir,
 		 (int)getpid());
 	bool kpos = kernel_possible(why, sizeof(why));
+	if (kpos && O.headroom_auto && O.headroom == 0) {
+		snprintf(why, sizeof(why), "file comparison: kernel side "
+			 "skipped: a budget under 32 MiB leaves no room in a "
+			 "cgroup of that limit for upager's own memory beyond "
+			 "its budget (about 12 MiB); give --headroom to run it "
+			 "anyway");
+		kpos = false;
+	}
 	uint64_t ubudget = kpos ? O.budget - O.headroom : O.budget;
 	note("== writable file: %" PRIu64 " MiB file in %s; upager WRITEBACK "
 	     "region (file store%s, %zu KiB units, budget %" PRIu64
@@ -1188,6 +1000,12 @@ static void compare_file(void)
 	cg_remove(1);
 	if (!u_ok) {
 		note("upager side failed: %s", u.err);
+		if (ucg)
+			note("(its cgroup's limit is the budget, %" PRIu64
+			     " MiB, and its region budget %" PRIu64 " MiB "
+			     "under it: upager's own memory beyond the region "
+			     "budget, about 12 MiB, must fit in --headroom)",
+			     O.budget >> 20, ubudget >> 20);
 		any_failed = true;
 	}
 
@@ -1268,7 +1086,7 @@ int main(int argc, char **argv)
 	sigaction(SIGINT, &sa, NULL);
 	sigaction(SIGTERM, &sa, NULL);
 	sigaction(SIGHUP, &sa, NULL);
-	atexit(teardown);
+	atexit(kernel_env_teardown);
 	make_pool();
 	note("upager-budget-bench: upager %s, data %" PRIu64 " MiB, budget %"
 	     PRIu64 " MiB, %" PRIu64 " random ops (file: %" PRIu64 ")",
@@ -1278,7 +1096,7 @@ int main(int argc, char **argv)
 		compare_lz4();
 	if (O.do_file && !stop_flag)
 		compare_file();
-	teardown();
+	kernel_env_teardown();
 	if (stop_flag) {
 		note("interrupted: cgroups and zram removed");
 		return 130;
