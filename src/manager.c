@@ -298,10 +298,16 @@ static size_t fault_readahead(upager_t *up, struct upager__region *r, size_t u,
 		if (wend > lim)
 			wend = lim > u + 1 ? lim : u + 1;
 	}
-	size_t start = u + 1 > r->ra_next ? u + 1 : r->ra_next;
 	size_t end = u + 1 + win;
 	if (end > r->nunits)
 		end = r->nunits;
+	/* The window queued so far ends beyond this one: it was an earlier
+	 * pass's (a scan again from the start, or after a jump back), not
+	 * this stream's, which starts over here. Kept, it stopped every
+	 * later pass over the region from reading ahead at all. */
+	if (r->ra_next > end)
+		r->ra_next = u + 1;
+	size_t start = u + 1 > r->ra_next ? u + 1 : r->ra_next;
 	if (start >= end)
 		return wend;
 	/* Asynchronous readahead: the unit halfway through what is newly
