@@ -183,8 +183,8 @@ static void fail_job(const struct upager__req *j)
 	if (prc == 0) {
 		if (unit_cas(r->state, u, UNIT_FETCHING, UNIT_PRESENT))
 			resident_add(r, 1);
-		upager__space_wake(r->sp, region_base(r) + (u << r->page_shift),
-				  r->page_size);
+		upager__space_wake(r->sp, region_base(r) +
+				   (u << r->page_shift), r->page_size);
 		return;
 	}
 	/* No UFFDIO_POISON (kernel < 6.6): signal the faulting thread,
@@ -194,7 +194,7 @@ static void fail_job(const struct upager__req *j)
 		syscall(SYS_tgkill, getpid(), (pid_t)j->tid, SIGBUS);
 	unit_cas(r->state, u, UNIT_FETCHING, UNIT_EMPTY);
 	upager__space_wake(r->sp, region_base(r) + (u << r->page_shift),
-			  r->page_size);
+			   r->page_size);
 }
 
 static void count_install(struct upager__region *r,
@@ -309,8 +309,8 @@ static void finish(struct upager__worker *w, const struct upager__req *j,
 		settle_units(j, j->unit + i, k, zero, rc == 0);
 		if (rc == 0 && j->demand)
 			upager__hist_add(&r->cnt, upager__now_ns() - j->t0);
-		upager__space_wake(r->sp, region_base(r) + ((j->unit + i) << r->page_shift),
-				  k * ps);
+		upager__space_wake(r->sp, region_base(r) +
+				   ((j->unit + i) << r->page_shift), k * ps);
 		i += k;
 	}
 out:

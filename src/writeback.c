@@ -327,7 +327,8 @@ static bool needs_data(const struct upager__region *r, const struct item *it)
 	return (it->b & UNIT_DIRTY) && r->writeback;
 }
 
-/* Copies the pages of it's unit that it->vec marks present to @slot. */
+/* Copies the pages of the item's unit that it->vec marks present to
+ * @slot. */
 static void copy_pages(const struct upager__region *r, struct item *it,
 		       char *slot)
 {
@@ -392,7 +393,7 @@ static void release_gap(upager_t *up, struct upager__region *r, size_t a,
 		unit_update(r->state, u, UNIT_BUSY, UNIT_EMPTY, 0,
 			    UNIT_REMOVED);
 	upager__space_wake(&up->home, unit_addr(r, a),
-			  (b - a) << r->page_shift);
+			   (b - a) << r->page_shift);
 }
 
 /* A span's move stopped inside or before this unit, at a page the kernel
