@@ -171,6 +171,8 @@ struct upager__region {
 	atomic_int advice;    /* UPAGER_ADV_NORMAL/SEQUENTIAL/RANDOM */
 	size_t last_fault;
 	size_t ra_next;       /* first unit the window has not queued yet */
+	size_t wp_next;       /* first unit a write window has not
+				 un-protected yet (manager.c) */
 
 	struct upager__counters cnt;
 };

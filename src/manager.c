@@ -270,6 +270,38 @@ static void queue_span(upager_t *up, struct upager__region *r, size_t a,
 		prefetch_run(up, r, w, b - w, false, false);
 }
 
+/* A write stream's window [a, b) holds units installed clean (read
+ * before, or written back by a flush): write-protected, each would cost
+ * the writer a write-protect fault, a round trip through this thread,
+ * when it gets there. Un-protect them now, as the write fault would:
+ * held (hold_clean), un-protected a run of adjacent ones per ioctl, then
+ * PRESENT and dirty. Units in any other state are left alone: a unit
+ * another thread owns may be protected on purpose (a flush copying it
+ * out), and an unprotect over it would let a write go unseen. */
+static void unprotect_ahead(struct upager__space *sp, struct upager__region *r,
+			    size_t a, size_t b)
+{
+	size_t lo = a > r->wp_next ? a : r->wp_next;
+	if (r->wp_next > b)
+		lo = a; /* an earlier pass's, as ra_next in fault_readahead */
+	for (size_t v = lo; v < b;) {
+		if (!hold_clean(r, v)) {
+			v++;
+			continue;
+		}
+		size_t w = v + 1;
+		while (w < b && hold_clean(r, w))
+			w++;
+		upager__uffd_unprotect_nowake(sp->uffd,
+					      r->base + (v << r->page_shift),
+					      (w - v) << r->page_shift);
+		for (size_t q = v; q < w; q++)
+			release_dirty(r, q);
+		v = w;
+	}
+	r->wp_next = b;
+}
+
 /* Readahead on a sequential stream: queue the window beyond unit u; write:
  * the fault is a write. Returns the end of the stretch after u that the
  * write stream may mark dirty (u + 1: none, or not a write stream). */
@@ -297,6 +329,8 @@ static size_t fault_readahead(upager_t *up, struct upager__region *r, size_t u,
 		wend += win;
 		if (wend > lim)
 			wend = lim > u + 1 ? lim : u + 1;
+		if (r->wp)
+			unprotect_ahead(r->sp, r, u + 1, wend);
 	}
 	size_t end = u + 1 + win;
 	if (end > r->nunits)
