@@ -459,6 +459,9 @@ typedef struct upager_space upager_space_t;
  * EVENT_UNMAP / EVENT_REMAP features if it wants those handled). The
  * descriptor is switched to non-blocking mode. On success the runtime owns
  * @uffd and closes it in upager_space_close(); on failure it is untouched.
+ * Serving starts at once: for one second a fault at an address no range
+ * covers yet is released to fault again (the handler may still be adding
+ * ranges while the owner runs); after that, such faults get SIGBUS.
  * @return 0, -EINVAL (NULL or negative argument), -ENOMEM, or -errno from
  *         epoll (-EPERM: @uffd is not pollable). */
 UPAGER_API int upager_space_adopt(upager_t *up, int uffd,

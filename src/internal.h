@@ -370,6 +370,7 @@ struct upager__space {
 	int uffd;
 	struct upager__uffd_caps caps;
 	bool local;          /* regions are this process's memory */
+	uint64_t adopted_ns; /* adopted spaces: when (manager.c, on_fault) */
 	atomic_bool gone;    /* the address space exited (ESRCH/ENOSPC) */
 
 	/* Region table: sorted by base; read by the manager, written by

@@ -399,6 +399,10 @@ static bool page_resident(uintptr_t page)
 	return v & 1;
 }
 
+/* How long after upager_space_adopt() a fault no region covers is taken
+ * for one whose region is still being added (see on_fault). */
+#define ADOPT_GRACE_NS (1000ull * 1000 * 1000)
+
 static void on_fault(struct mgr *m, struct upager__space *sp,
 		     const struct uffd_msg *msg, uint64_t now)
 {
@@ -406,6 +410,14 @@ static void on_fault(struct mgr *m, struct upager__space *sp,
 	uintptr_t addr = (uintptr_t)msg->arg.pagefault.address & ~(uintptr_t)4095;
 	uint32_t tid = sp->caps.thread_id ? msg->arg.pagefault.feat.ptid : 0;
 	struct upager__region *r = upager__lookup(sp, addr);
+	if (!r && !sp->local && now - sp->adopted_ns < ADOPT_GRACE_NS) {
+		/* An adopted space whose owner touches its memory before the
+		 * handler has added the region (Firecracker resumes the VM
+		 * right after the handshake): release the thread to fault
+		 * again, until the region is there or the grace ends. */
+		upager__space_wake(sp, addr, 4096);
+		return;
+	}
 	if (!r || atomic_load(&r->dead)) {
 		/* Not a live region of ours: never let it read zeros. */
 		size_t done;

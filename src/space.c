@@ -355,6 +355,7 @@ int upager_space_adopt(upager_t *up, int uffd, upager_space_t **out)
 	 * the kernel refuse (POISON failing falls back to a wake). */
 	sp->caps.poison = true;
 	sp->caps.thread_id = false;
+	sp->adopted_ns = upager__now_ns();
 	if (!(fl & O_NONBLOCK) && fcntl(uffd, F_SETFL, fl | O_NONBLOCK)) {
 		rc = -errno;
 		goto fail;
