@@ -1045,6 +1045,37 @@ static uint8_t *map_stream(upager_t *up, const char *path, size_t len,
 	return addr;
 }
 
+/* Writes want's [0, len) into a front to back, 512 bytes at a time (so a
+ * unit takes many stores). */
+static void write_in_order(uint8_t *a, const uint8_t *want, size_t len)
+{
+	for (size_t off = 0; off < len; off += 512)
+		memcpy(a + off, want + off, 512);
+}
+
+/* A write-back region of the file at path with a 64-unit readahead
+ * window, every unit read in (present and clean, write-protected); @want
+ * gets the file's bytes. Skips where write-protection is unavailable. */
+static uint8_t *map_all_clean(upager_t *up, const char *path, size_t len,
+			      size_t page, uint8_t *want)
+{
+	upager_store_t *s = tu_store_file(path, UPAGER_STORE_WRITABLE);
+	struct upager_map_opts o = { .page_size = page,
+				     .readahead = 64 * page,
+				     .flags = UPAGER_MAP_WRITEBACK };
+	uint8_t *a = NULL;
+	int rc = upager_map(up, s, 0, len, &o, (void **)&a);
+	upager_store_release(s);
+	if (rc == -EOPNOTSUPP)
+		tu_skip("userfaultfd write-protection unavailable: %s",
+			upager_strerror(rc));
+	TU_OK(rc);
+	TU_OK(upager_advise(up, a, len, UPAGER_ADV_WILLNEED));
+	tu_fill(want, 0, len);
+	assert_same(a, want, len, "region read first");
+	return a;
+}
+
 /* A sequential writer over a region four times its budget: every byte
  * written once, front to back, in 512-byte stores (so a unit takes many
  * stores). advice: UPAGER_ADV_NORMAL (the stream is found from the faults
@@ -1077,8 +1108,7 @@ static void seq_write_run(size_t page, int advice)
 	struct monitor m;
 	if (watch)
 		monitor_start(&m, up, a, NULL);
-	for (size_t off = 0; off < len; off += 512)
-		memcpy(a + off, want + off, 512);
+	write_in_order(a, want, len);
 	if (watch)
 		monitor_check(&m, budget + 2 * BATCH_UNITS * page,
 			      "sequential write");
@@ -1140,29 +1170,15 @@ static void test_seq_write_window(void **state)
 	size_t page = 4 * TU_KIB, len = 4 * TU_MIB, units = len / page;
 	const char *path = tu_make_file("seqw-window.dat", len);
 	upager_t *up = tu_runtime(NULL);
-	upager_store_t *s = tu_store_file(path, UPAGER_STORE_WRITABLE);
-	struct upager_map_opts o = { .page_size = page,
-				     .readahead = 64 * page,
-				     .flags = UPAGER_MAP_WRITEBACK };
-	uint8_t *a = NULL;
-	int rc = upager_map(up, s, 0, len, &o, (void **)&a);
-	upager_store_release(s);
-	if (rc == -EOPNOTSUPP)
-		tu_skip("userfaultfd write-protection unavailable: %s",
-			upager_strerror(rc));
-	TU_OK(rc);
-	TU_OK(upager_advise(up, a, len, UPAGER_ADV_WILLNEED));
 	uint8_t *want = xmalloc(len);
-	tu_fill(want, 0, len);
-	assert_same(a, want, len, "region read first");
+	uint8_t *a = map_all_clean(up, path, len, page, want);
 	struct upager_stats st0 = tu_stats_settled(up, a);
 	assert_int_equal(st0.resident_bytes, len);
 	assert_int_equal(st0.dirty_units, 0);
 
 	uint64_t rng = 5;
 	tu_fill_text(want, len, &rng);
-	for (size_t off = 0; off < len; off += 512)
-		memcpy(a + off, want + off, 512);
+	write_in_order(a, want, len);
 	struct upager_stats st1 = tu_stats(up, a);
 	uint64_t wp = st1.faults - st0.faults;
 	printf("  %llu write-protect faults for %zu units\n",
@@ -1180,51 +1196,23 @@ static void test_seq_write_window(void **state)
 	free(want);
 }
 
-/* Reads [0, len) of a front to back, comparing with the file's bytes. */
-static void scan_check(const uint8_t *a, size_t len)
-{
-	uint8_t want[4096];
-	size_t bad = SIZE_MAX;
-	for (size_t off = 0; off < len && bad == SIZE_MAX; off += 4096) {
-		tu_fill(want, off, sizeof(want));
-		size_t d = first_diff(a + off, want, sizeof(want));
-		if (d != SIZE_MAX)
-			bad = off + d;
-	}
-	if (bad != SIZE_MAX)
-		fail_msg("scan read wrong bytes at %zu", bad);
-}
-
 /* Clean units scattered among dirty ones (every other unit written
  * before, with RANDOM advice so that no write window forms), then all
  * written in order (SEQUENTIAL): the write window un-protects the clean
  * units ahead of the writer, across the dirty ones, so the writer takes
- * about one fault per window. Un-protecting only the run of clean units right after
- * each fault cost one write-protect fault per clean unit here (and in
- * upager-budget-bench's sequential write after its random phase, about
- * 31,000 round trips). Every unit is present throughout: no read, no
- * timing in the count. */
+ * about one fault per window. Un-protecting only the run of clean units
+ * right after each fault cost one write-protect fault per clean unit here
+ * (and in upager-budget-bench's sequential write after its random phase,
+ * about 31,000 round trips). Every unit is present throughout: no read,
+ * no timing in the count. */
 static void test_seq_write_window_scattered(void **state)
 {
 	(void)state;
 	size_t page = 4 * TU_KIB, len = 4 * TU_MIB, units = len / page;
 	const char *path = tu_make_file("seqw-scattered.dat", len);
 	upager_t *up = tu_runtime(NULL);
-	upager_store_t *s = tu_store_file(path, UPAGER_STORE_WRITABLE);
-	struct upager_map_opts o = { .page_size = page,
-				     .readahead = 64 * page,
-				     .flags = UPAGER_MAP_WRITEBACK };
-	uint8_t *a = NULL;
-	int rc = upager_map(up, s, 0, len, &o, (void **)&a);
-	upager_store_release(s);
-	if (rc == -EOPNOTSUPP)
-		tu_skip("userfaultfd write-protection unavailable: %s",
-			upager_strerror(rc));
-	TU_OK(rc);
-	TU_OK(upager_advise(up, a, len, UPAGER_ADV_WILLNEED));
 	uint8_t *want = xmalloc(len);
-	tu_fill(want, 0, len);
-	assert_same(a, want, len, "region read first");
+	uint8_t *a = map_all_clean(up, path, len, page, want);
 	TU_OK(upager_advise(up, a, len, UPAGER_ADV_RANDOM));
 	for (size_t u = 0; u < units; u += 2)
 		a[u * page] = want[u * page] = (uint8_t)~want[u * page];
@@ -1236,8 +1224,7 @@ static void test_seq_write_window_scattered(void **state)
 	TU_OK(upager_advise(up, a, len, UPAGER_ADV_SEQUENTIAL));
 	uint64_t rng = 9;
 	tu_fill_text(want, len, &rng);
-	for (size_t off = 0; off < len; off += 512)
-		memcpy(a + off, want + off, 512);
+	write_in_order(a, want, len);
 	struct upager_stats st1 = tu_stats(up, a);
 	uint64_t wp = st1.faults - st0.faults;
 	printf("  %llu write-protect faults for %zu clean units among dirty "
@@ -1270,10 +1257,13 @@ static void seq_read_run(int advice)
 	upager_t *up = tu_runtime(NULL);
 	uint8_t *a = map_stream(up, path, len, page, 256 * TU_KIB);
 	TU_OK(upager_advise(up, a, len, advice));
-	scan_check(a, len);
+	int fd = tu_open(path);
+	struct tu_ref ref = { .fd = fd, .length = len, .store_size = len };
+	assert_true(tu_check(&ref, a, 0, len)); /* a scan, front to back */
 	struct upager_stats st = tu_stats_settled(up, a);
 	tu_print_stats("sequential read", &st);
-	scan_check(a, len);
+	assert_true(tu_check(&ref, a, 0, len));
+	close(fd);
 	struct upager_stats st2 = tu_stats_settled(up, a);
 	tu_print_stats("second pass", &st2);
 	uint64_t faults = st2.faults - st.faults;
@@ -1318,8 +1308,7 @@ static void test_seq_write_file_end(void **state)
 	uint8_t *want = xmalloc(flen);
 	uint64_t rng = 77;
 	tu_fill_text(want, flen, &rng);
-	for (size_t off = 0; off < flen; off += 512)
-		memcpy(a + off, want + off, 512);
+	write_in_order(a, want, flen);
 	TU_OK(upager_flush(up, a, len));
 	struct stat sb;
 	assert_int_equal(stat(path, &sb), 0);
