@@ -119,8 +119,9 @@ struct upager_config {
 				itself, in a SIGBUS handler, instead of
 				by the manager: no thread switch per
 				fault (docs/design.md, section 9).
-				Regions must use file stores (upager_map
-				gives -EOPNOTSUPP otherwise). The runtime
+				Regions must use file stores or lz4 stores
+				without a lower store (upager_map gives
+				-EOPNOTSUPP otherwise). The runtime
 				takes the process's SIGBUS handler and
 				passes every SIGBUS not its own to the
 				handler that was there when it was

@@ -181,6 +181,33 @@ static size_t claim_run(struct upager__region *r, size_t u)
 	return n;
 }
 
+/* Reads units [u, u+n) of a region over an lz4 store alone: decompressed
+ * in this thread, into the pool buffer, with the scratch space for one
+ * block after the units (no allocation here), taking one stripe mutex
+ * for the copy of each block's compressed bytes (see the top of this
+ * file for why a lock is safe here). */
+static int read_memory(struct upager__region *r, uint64_t off, size_t len,
+		       size_t want, char **data, struct buf **bp)
+{
+	upager_store_t *s = r->store;
+	size_t at = round_up(len, ALIGN), scratch = upager__lz4_scratch_size(s);
+	if (!scratch)
+		return -EINVAL; /* space.c maps no other store here */
+	struct buf *b = buf_get(at + scratch);
+	if (!b)
+		return -ENOMEM;
+	int rc = upager__lz4_read_scratch(s, b->p, want, off, b->p + at);
+	if (rc) {
+		buf_put(b);
+		return rc;
+	}
+	memset(b->p + want, 0, len - want);
+	CNT_INC(&r->cnt, bytes_fetched, want);
+	*data = b->p;
+	*bp = b;
+	return 0;
+}
+
 /* Reads units [u, u+n) of r into b: want store bytes, then zeros.
  * Returns 0 or -errno. */
 static int read_units(struct upager__region *r, size_t u, size_t n,
@@ -188,6 +215,8 @@ static int read_units(struct upager__region *r, size_t u, size_t n,
 {
 	size_t len = n << r->page_shift;
 	uint64_t off = r->offset + ((uint64_t)u << r->page_shift), foff = off;
+	if (r->store->kind != UPAGER__STORE_FILE)
+		return read_memory(r, off, len, want, data, bp);
 	size_t skip = 0, io_len = want;
 	bool direct = r->store->flags & UPAGER_STORE_DIRECT;
 	if (direct) {
@@ -278,12 +307,15 @@ static enum outcome fetch(struct upager__region *r, size_t u, bool write,
 		return fail_fetch(r, u, n);
 	/* A write fault's units go in writable and dirty, the units of
 	 * its stream too (a write stream writes them next); a read's
-	 * write-protected, so that the first write is seen. */
+	 * write-protected, so that the first write is seen, except over an
+	 * lz4 store alone, where every unit goes in dirty (worker.c,
+	 * installs_dirty()). */
 	struct upager__req j = {
 		.r = r, .unit = u, .t0 = t0, .write = write, .demand = true,
 		.count = (uint32_t)n,
 	};
-	int rc = upager__install(r, u, n, data, FILL_COPY, r->wp && !write);
+	bool dirty = r->wp && (write || r->dirty_at_install);
+	int rc = upager__install(r, u, n, data, FILL_COPY, r->wp && !dirty);
 	buf_put(b);
 	/* The units after the faulting one count as prefetched. */
 	upager__settle(&j, u, 1, rc == 0);

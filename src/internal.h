@@ -41,6 +41,14 @@ struct upager_store {
 			   a lower store): the manager may serve it */
 };
 
+/* Reads of an lz4 store alone with the caller's buffers (store_lz4.c),
+ * for a signal handler, which must not allocate: @scratch holds
+ * upager__lz4_scratch_size(s) bytes (0: s is not an lz4 store alone).
+ * Returns 0, -EIO (a damaged block) or -EINVAL. */
+size_t upager__lz4_scratch_size(upager_store_t *s) UPAGER__HIDDEN;
+int upager__lz4_read_scratch(upager_store_t *s, void *buf, size_t len,
+			     uint64_t off, void *scratch) UPAGER__HIDDEN;
+
 /* Bytes the store holds, or UINT64_MAX when it has no end. */
 int upager__store_size(upager_store_t *s, uint64_t *size) UPAGER__HIDDEN;
 void upager__store_ref(upager_store_t *s) UPAGER__HIDDEN;

@@ -58,10 +58,12 @@ int upager__region_new(struct upager__space *sp, upager_store_t *store,
 	if (offset + length < offset || length > SIZE_MAX - o.page_size)
 		return -EINVAL;
 
-	/* Inline faults read with pread(2) in a signal handler: file
-	 * stores only (a custom store's callbacks may lock or allocate). */
+	/* Inline faults read in a signal handler: file stores (pread(2))
+	 * and lz4 stores alone (in-memory decompression) only; any other
+	 * custom store's callbacks may block, lock or allocate. */
 	if (sp == &sp->up->home && sp->up->inline_faults &&
-	    store->kind != UPAGER__STORE_FILE)
+	    store->kind != UPAGER__STORE_FILE &&
+	    !upager__lz4_scratch_size(store))
 		return -EOPNOTSUPP;
 	if (writeback && !(store->kind == UPAGER__STORE_FILE ? store->wfd >= 0 :
 					   store->ops.write != NULL))

@@ -813,17 +813,9 @@ out:
 
 /* ---- store callbacks ---- */
 
-static int lz4_read(void *ctx, void *buf, size_t len, uint64_t off)
+static int read_range(struct lz4s *s, uint8_t *d, size_t len, uint64_t off,
+		      struct tls *t)
 {
-	struct lz4s *s = ctx;
-	if (off + len < off)
-		return -EINVAL;
-	if (len == 0)
-		return 0;
-	struct tls *t = tls_enter(s->bsize);
-	if (!t)
-		return -ENOMEM;
-	uint8_t *d = buf;
 	int rc = 0;
 	while (len && rc == 0) {
 		uint64_t block = off >> s->bshift;
@@ -834,6 +826,20 @@ static int lz4_read(void *ctx, void *buf, size_t len, uint64_t off)
 		off += n;
 		len -= n;
 	}
+	return rc;
+}
+
+static int lz4_read(void *ctx, void *buf, size_t len, uint64_t off)
+{
+	struct lz4s *s = ctx;
+	if (off + len < off)
+		return -EINVAL;
+	if (len == 0)
+		return 0;
+	struct tls *t = tls_enter(s->bsize);
+	if (!t)
+		return -ENOMEM;
+	int rc = read_range(s, buf, len, off, t);
 	tls_leave();
 	return rc;
 }
@@ -995,6 +1001,29 @@ static struct lz4s *lz4_of(upager_store_t *st)
 	if (!st || st->kind != UPAGER__STORE_CUSTOM || st->ops.read != lz4_read)
 		return NULL;
 	return st->ctx;
+}
+
+size_t upager__lz4_scratch_size(upager_store_t *st)
+{
+	struct lz4s *s = lz4_of(st);
+	if (!s || s->lower)
+		return 0;
+	return s->bsize +
+	       round_up((size_t)LZ4_compressBound((int)s->bsize), BUF_ALIGN);
+}
+
+int upager__lz4_read_scratch(upager_store_t *st, void *buf, size_t len,
+			     uint64_t off, void *scratch)
+{
+	struct lz4s *s = lz4_of(st);
+	if (!s || s->lower || off + len < off)
+		return -EINVAL;
+	/* Reads of a store alone use the buffers for the uncompressed and
+	 * the compressed block only: never the compression state, never a
+	 * deeper level. */
+	struct tls t = { .u = scratch, .c = (uint8_t *)scratch + s->bsize,
+			 .bsize = s->bsize };
+	return read_range(s, buf, len, off, &t);
 }
 
 int upager_store_lz4_stats(upager_store_t *st, struct upager_lz4_stats *out)

@@ -1093,16 +1093,60 @@ static void test_runtime_unchanged_writeback(void **state)
 	free(back);
 }
 
+/* Inline faults (UPAGER_CFG_INLINE): the faulting threads decompress
+ * their units themselves. Random order from 4 threads at every unit size,
+ * each unit compared with the bytes written (kept in a file for
+ * tu_scan_units' reference). */
+static void test_runtime_inline_threads(void **state)
+{
+	(void)state;
+	const size_t size = 4 * TU_MIB + 3 * BS;
+	uint8_t *shadow = malloc(size);
+	assert_non_null(shadow);
+	upager_store_t *s = filled_store(BS, shadow, size, 321);
+	const char *path = tu_make_file("lz4-inline.ref", size);
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	assert_true(fd >= 0);
+	assert_int_equal(pwrite(fd, shadow, size, 0), (ssize_t)size);
+	close(fd);
+	int rfd = tu_open(path);
+	struct tu_ref ref = { .fd = rfd, .length = size, .store_size = size };
+	static const size_t pages[] = { BS, 64 * TU_KIB, 2 * TU_MIB };
+	for (size_t k = 0; k < 3; k++) {
+		struct upager_config c = { .flags = UPAGER_CFG_INLINE };
+		upager_t *up = NULL;
+		int rc = upager_create(&c, &up);
+		if (rc == -EOPNOTSUPP)
+			tu_skip("kernel without UFFD_FEATURE_SIGBUS");
+		TU_OK(rc);
+		uint8_t *a = tu_map(up, s, 0, size, pages[k], 0);
+		size_t nunits = tu_round_up(size, pages[k]) / pages[k];
+		tu_scan_units(&ref, a, pages[k], nunits, 4, true, pages[k]);
+		expect_same(a, shadow, size, 0, "inline region");
+		struct upager_stats st = tu_stats(up, a);
+		tu_print_stats("inline lz4", &st);
+		assert_true(st.faults >= 1);
+		assert_int_equal(st.pages_installed, nunits);
+		assert_int_equal(st.read_errors, 0);
+		TU_OK(upager_unmap(up, a));
+		upager_destroy(up);
+	}
+	close(rfd);
+	upager_store_release(s);
+	free(shadow);
+}
+
 enum { CHILD_NO_RUNTIME = 10, CHILD_BAD_CONTENT = 12, CHILD_SURVIVED = 13 };
 
 static void corrupt_child(upager_store_t *s, const uint8_t *shadow,
-			  size_t size, size_t bad)
+			  size_t size, size_t bad, unsigned flags)
 {
 	tu_child_default_signals();
 	upager_t *up = NULL;
 	void *addr = NULL;
+	struct upager_config c = { .flags = flags };
 	struct upager_map_opts o = { .page_size = BS };
-	if (upager_create(NULL, &up) || upager_map(up, s, 0, size, &o, &addr))
+	if (upager_create(&c, &up) || upager_map(up, s, 0, size, &o, &addr))
 		_exit(CHILD_NO_RUNTIME);
 	const volatile uint8_t *p = addr;
 	for (size_t i = 0; i < size; i++)
@@ -1113,9 +1157,10 @@ static void corrupt_child(upager_store_t *s, const uint8_t *shadow,
 	_exit(CHILD_SURVIVED);
 }
 
-static void test_corrupt_block_raises_sigbus(void **state)
+/* flags: the runtime's (UPAGER_CFG_INLINE: the faulting thread
+ * decompresses the block itself). */
+static void corrupt_block_raises_sigbus(unsigned flags)
 {
-	(void)state;
 	const size_t size = 64 * BS, bad = 9;
 	uint8_t *shadow = malloc(size);
 	assert_non_null(shadow);
@@ -1126,7 +1171,7 @@ static void test_corrupt_block_raises_sigbus(void **state)
 	pid_t pid = fork();
 	assert_true(pid >= 0);
 	if (pid == 0)
-		corrupt_child(s, shadow, size, bad);
+		corrupt_child(s, shadow, size, bad, flags);
 	int status = 0;
 	char buf[64];
 	if (!tu_wait_child(pid, 30000, &status))
@@ -1137,6 +1182,18 @@ static void test_corrupt_block_raises_sigbus(void **state)
 			 tu_status_str(status, buf, sizeof(buf)));
 	upager_store_release(s);
 	free(shadow);
+}
+
+static void test_corrupt_block_raises_sigbus(void **state)
+{
+	(void)state;
+	corrupt_block_raises_sigbus(0);
+}
+
+static void test_corrupt_block_raises_sigbus_inline(void **state)
+{
+	(void)state;
+	corrupt_block_raises_sigbus(UPAGER_CFG_INLINE);
 }
 
 static const struct CMUnitTest tests[] = {
@@ -1158,7 +1215,9 @@ static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(test_runtime_maps_stacked_store),
 	cmocka_unit_test(test_runtime_writeback_to_lz4),
 	cmocka_unit_test(test_runtime_unchanged_writeback),
+	cmocka_unit_test(test_runtime_inline_threads),
 	cmocka_unit_test(test_corrupt_block_raises_sigbus),
+	cmocka_unit_test(test_corrupt_block_raises_sigbus_inline),
 };
 
 TU_MAIN("lz4", tests)

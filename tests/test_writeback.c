@@ -280,13 +280,19 @@ static void run_rw(uint8_t *base, uint8_t *shadow, size_t len, size_t page,
 }
 
 /* INLINE: a file store in a runtime whose faults are served by the
- * faulting threads (UPAGER_CFG_INLINE); INLINE_DIRECT with O_DIRECT. */
+ * faulting threads (UPAGER_CFG_INLINE); INLINE_DIRECT with O_DIRECT;
+ * INLINE_LZ4 an lz4 store alone, decompressed by the faulting threads. */
 enum store_kind { ST_FILE, ST_LZ4, ST_LZ4_FILE, ST_DIRECT, ST_INLINE,
-		  ST_INLINE_DIRECT };
+		  ST_INLINE_DIRECT, ST_INLINE_LZ4 };
 
 static const char *const kind_name[] = { "file", "lz4", "lz4+file",
 					 "direct", "inline",
-					 "inline-direct" };
+					 "inline-direct", "inline-lz4" };
+
+static bool kind_inline(enum store_kind k)
+{
+	return k == ST_INLINE || k == ST_INLINE_DIRECT || k == ST_INLINE_LZ4;
+}
 
 struct rw_case {
 	enum store_kind kind;
@@ -304,7 +310,8 @@ static void rw_case_run(const struct rw_case *c)
 	uint8_t *shadow = xmalloc(c->len);
 	const char *path = NULL;
 	upager_store_t *file = NULL, *lz = NULL, *s;
-	if (c->kind == ST_LZ4) {
+	bool alone = c->kind == ST_LZ4 || c->kind == ST_INLINE_LZ4;
+	if (alone) {
 		memset(shadow, 0, c->len); /* never written blocks: zeros */
 	} else {
 		path = tu_make_file(name, c->len);
@@ -315,15 +322,14 @@ static void rw_case_run(const struct rw_case *c)
 				      c->kind == ST_INLINE_DIRECT ?
 				      UPAGER_STORE_DIRECT : 0));
 	}
-	if (c->kind == ST_LZ4 || c->kind == ST_LZ4_FILE) {
+	if (alone || c->kind == ST_LZ4_FILE) {
 		struct upager_lz4_opts lo = { .size = c->len };
 		TU_OK(upager_store_lz4(&lo, file, &lz));
 	}
 	s = lz ? lz : file;
 
 	struct upager_config cfg = {
-		.flags = c->kind == ST_INLINE || c->kind == ST_INLINE_DIRECT ?
-			 UPAGER_CFG_INLINE : 0,
+		.flags = kind_inline(c->kind) ? UPAGER_CFG_INLINE : 0,
 	};
 	upager_t *up = tu_runtime(&cfg);
 	uint8_t *a = map_or_skip(up, s, c->len, c->page, UPAGER_MAP_WRITEBACK,
@@ -405,6 +411,9 @@ RW_TEST(test_rw_inline_64k, ST_INLINE, 64 * TU_KIB, 16 * TU_MIB, 800)
 RW_TEST(test_rw_inline_2m, ST_INLINE, 2 * TU_MIB, 32 * TU_MIB, 60)
 RW_TEST(test_rw_inline_direct_4k, ST_INLINE_DIRECT, 4 * TU_KIB, 8 * TU_MIB,
 	3000)
+RW_TEST(test_rw_inline_lz4_4k, ST_INLINE_LZ4, 4 * TU_KIB, 8 * TU_MIB, 3000)
+RW_TEST(test_rw_inline_lz4_64k, ST_INLINE_LZ4, 64 * TU_KIB, 16 * TU_MIB, 800)
+RW_TEST(test_rw_inline_lz4_2m, ST_INLINE_LZ4, 2 * TU_MIB, 32 * TU_MIB, 60)
 
 /* ---- budget of a read-only region ---- */
 
@@ -1556,6 +1565,9 @@ static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(test_rw_inline_64k),
 	cmocka_unit_test(test_rw_inline_2m),
 	cmocka_unit_test(test_rw_inline_direct_4k),
+	cmocka_unit_test(test_rw_inline_lz4_4k),
+	cmocka_unit_test(test_rw_inline_lz4_64k),
+	cmocka_unit_test(test_rw_inline_lz4_2m),
 	cmocka_unit_test(test_ro_budget_4k),
 	cmocka_unit_test(test_ro_budget_64k),
 	cmocka_unit_test(test_quiet_below_budget),
