@@ -115,8 +115,8 @@ static void usage(FILE *f)
 "                     so then the file comparison runs upager alone,\n"
 "                     without cgroups, unless --headroom is given)\n"
 "  --direct           file comparison: upager reads with O_DIRECT\n"
-"  --inline           file comparison: UPAGER_CFG_INLINE, faults served\n"
-"                     by the faulting thread (no manager round trip)\n"
+"  --inline           UPAGER_CFG_INLINE: faults served by the faulting\n"
+"                     thread (no manager round trip), both comparisons\n"
 "  --workers N        upager worker threads (default: upager's own)\n"
 "  --no-follow        UPAGER_CFG_NO_FOLLOW: the manager thread is never\n"
 "                     pinned to the faulting thread's CPU\n"
@@ -591,7 +591,7 @@ static void upager_side(struct result *r, const void *argp)
 	struct upager_config cfg = {
 		.workers = O.workers,
 		.flags = (O.no_follow ? UPAGER_CFG_NO_FOLLOW : 0) |
-			 (!a->lz4 && O.inline_faults ? UPAGER_CFG_INLINE : 0),
+			 (O.inline_faults ? UPAGER_CFG_INLINE : 0),
 	};
 	rc = upager_create(&cfg, &up);
 	if (rc) {
