@@ -15,9 +15,11 @@
  * on any difference. Uses the public API only.
  *
  * usage: upager-compressed-demo [--size 1G] [--budget 256M] [--passes 4]
- *                               [--ops N] [--page 4K]
+ *                               [--ops N] [--page 4K] [--inline]
  * Every value is a number in the syntax of cli/size.h (suffixes K, M, G,
- * T: powers of 1024), and must be positive.
+ * T: powers of 1024), and must be positive. --inline creates the runtime
+ * with UPAGER_CFG_INLINE: each fault is decompressed by the thread that
+ * made it, with no hand-off to the manager thread.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -45,6 +47,7 @@
 static uint64_t size_opt = 1024 * MIB, budget_opt = 256 * MIB, ops_opt;
 static unsigned passes_opt = 4;
 static size_t page_opt = PG;
+static bool inline_opt;
 
 static uint8_t *pool;
 static uint32_t *writes; /* per page: times the random passes wrote it */
@@ -227,9 +230,11 @@ static bool parse_size(const char *s, uint64_t *out)
 static void usage(FILE *f)
 {
 	fprintf(f, "usage: upager-compressed-demo [--size 1G] [--budget 256M] "
-		   "[--passes 4] [--ops N] [--page 4K]\n"
+		   "[--passes 4] [--ops N] [--page 4K] [--inline]\n"
 		   "  --ops: random page touches per random pass "
 		   "(default: as many as the data set has pages)\n"
+		   "  --inline: faults served by the faulting thread "
+		   "(UPAGER_CFG_INLINE)\n"
 		   "  values are decimal, with an optional K, M, G or T "
 		   "(powers of 1024;\n  also KiB or KB, any case)\n");
 }
@@ -242,6 +247,7 @@ static void parse_args(int argc, char **argv)
 		{ "passes", required_argument, 0, 'p' },
 		{ "ops", required_argument, 0, 'o' },
 		{ "page", required_argument, 0, 'u' },
+		{ "inline", no_argument, 0, 'i' },
 		{ "help", no_argument, 0, 'h' },
 		{ 0, 0, 0, 0 },
 	};
@@ -262,6 +268,7 @@ static void parse_args(int argc, char **argv)
 			     v <= UPAGER_PAGE_SIZE_MAX && !(v & (v - 1));
 			page_opt = (size_t)v;
 			break;
+		case 'i': inline_opt = true; break;
 		case 'h': usage(stdout); exit(0);
 		default: usage(stderr); exit(2);
 		}
@@ -282,7 +289,10 @@ static void parse_args(int argc, char **argv)
 /* Sets up runtime, store and region. Returns 0, 77 (skip) or 1. */
 static int setup(struct ctx *c)
 {
-	int rc = upager_create(NULL, &c->up);
+	struct upager_config cfg = {
+		.flags = inline_opt ? UPAGER_CFG_INLINE : 0,
+	};
+	int rc = upager_create(&cfg, &c->up);
 	if (rc == -EPERM || rc == -ENOSYS || rc == -EOPNOTSUPP) {
 		printf("skipped: userfaultfd unavailable: %s\n",
 		       upager_strerror(rc));
