@@ -22,17 +22,6 @@
 
 #define FILE_LEN (8 * TU_MIB + 12345) /* a partial last unit */
 
-static upager_t *inline_runtime(void)
-{
-	struct upager_config c = { .flags = UPAGER_CFG_INLINE };
-	upager_t *up = NULL;
-	int rc = upager_create(&c, &up);
-	if (rc == -EOPNOTSUPP)
-		tu_skip("kernel without UFFD_FEATURE_SIGBUS");
-	TU_OK(rc);
-	return up;
-}
-
 /* The application's own SIGBUS handler is testutil's catcher
  * (tu_sigbus_catch), installed before the runtime is created. */
 
@@ -48,7 +37,7 @@ static void test_inline_read_threads(void **state)
 	static const size_t pages[] = { 4 * TU_KIB, 64 * TU_KIB, 2 * TU_MIB };
 	for (size_t k = 0; k < 3; k++) {
 		size_t page = pages[k];
-		upager_t *up = inline_runtime();
+		upager_t *up = tu_inline_runtime();
 		upager_store_t *s = tu_store_file(path, 0);
 		uint8_t *a = tu_map(up, s, 0, FILE_LEN, page, 0);
 		upager_store_release(s);
@@ -77,7 +66,7 @@ static void test_inline_sequential_runs(void **state)
 	int fd = tu_open(path);
 	struct tu_ref ref = { .fd = fd, .length = FILE_LEN,
 			      .store_size = FILE_LEN };
-	upager_t *up = inline_runtime();
+	upager_t *up = tu_inline_runtime();
 	upager_store_t *s = tu_store_file(path, 0);
 	uint8_t *a = tu_map(up, s, 0, FILE_LEN, 4 * TU_KIB, 0);
 	upager_store_release(s);
@@ -102,7 +91,7 @@ static void test_inline_syscall_efault(void **state)
 {
 	(void)state;
 	const char *path = tu_make_file("inline-efault.dat", 64 * TU_KIB);
-	upager_t *up = inline_runtime();
+	upager_t *up = tu_inline_runtime();
 	upager_store_t *s = tu_store_file(path, 0);
 	uint8_t *a = tu_map(up, s, 0, 64 * TU_KIB, 4 * TU_KIB, 0);
 	upager_store_release(s);
@@ -140,7 +129,7 @@ static void test_inline_read_error_sigbus(void **state)
 	int sfd = tu_open(path);
 	struct sigaction old;
 	tu_sigbus_catch(&old);
-	upager_t *up = inline_runtime();
+	upager_t *up = tu_inline_runtime();
 	upager_store_t *s = NULL;
 	TU_OK(upager_store_fd(sfd, 0, &s));
 	uint8_t *a = tu_map(up, s, 0, 256 * TU_KIB, 16 * TU_KIB, 0);
@@ -193,7 +182,7 @@ static void test_inline_foreign_sigbus_passed_on(void **state)
 	assert_true(m != MAP_FAILED);
 	struct sigaction old;
 	tu_sigbus_catch(&old);
-	upager_t *up = inline_runtime();
+	upager_t *up = tu_inline_runtime();
 	assert_false(tu_sigbus_catching()); /* the runtime's is in front */
 	uint8_t v = 0;
 	assert_true(tu_read_raises_sigbus(m + 4096, &v)); /* past the end */
@@ -214,7 +203,7 @@ static void test_inline_two_runtimes(void **state)
 	const char *path = tu_make_file("inline-two.dat", TU_MIB);
 	int fd = tu_open(path);
 	struct tu_ref ref = { .fd = fd, .length = TU_MIB, .store_size = TU_MIB };
-	upager_t *u1 = inline_runtime(), *u2 = inline_runtime();
+	upager_t *u1 = tu_inline_runtime(), *u2 = tu_inline_runtime();
 	upager_store_t *s = tu_store_file(path, 0);
 	uint8_t *a1 = tu_map(u1, s, 0, TU_MIB, 4 * TU_KIB, 0);
 	uint8_t *a2 = tu_map(u2, s, 0, TU_MIB, 64 * TU_KIB, 0);
@@ -254,7 +243,7 @@ static void test_inline_bad_input(void **state)
 	c = (struct upager_config){ .flags = 0x80000000u };
 	TU_ERR(upager_create(&c, &up), -EINVAL);
 
-	up = inline_runtime();
+	up = tu_inline_runtime();
 	struct upager_store_ops ops = { .read = nop_read, .size = nop_size };
 	upager_store_t *s = NULL;
 	TU_OK(upager_store_custom(&ops, NULL, &s));

@@ -1113,12 +1113,7 @@ static void test_runtime_inline_threads(void **state)
 	struct tu_ref ref = { .fd = rfd, .length = size, .store_size = size };
 	static const size_t pages[] = { BS, 64 * TU_KIB, 2 * TU_MIB };
 	for (size_t k = 0; k < 3; k++) {
-		struct upager_config c = { .flags = UPAGER_CFG_INLINE };
-		upager_t *up = NULL;
-		int rc = upager_create(&c, &up);
-		if (rc == -EOPNOTSUPP)
-			tu_skip("kernel without UFFD_FEATURE_SIGBUS");
-		TU_OK(rc);
+		upager_t *up = tu_inline_runtime();
 		uint8_t *a = tu_map(up, s, 0, size, pages[k], 0);
 		size_t nunits = tu_round_up(size, pages[k]) / pages[k];
 		tu_scan_units(&ref, a, pages[k], nunits, 4, true, pages[k]);

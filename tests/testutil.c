@@ -215,6 +215,17 @@ upager_t *tu_runtime(const struct upager_config *cfg)
 	return up;
 }
 
+upager_t *tu_inline_runtime(void)
+{
+	struct upager_config c = { .flags = UPAGER_CFG_INLINE };
+	upager_t *up = NULL;
+	int rc = upager_create(&c, &up);
+	if (rc == -EOPNOTSUPP)
+		tu_skip("kernel without UFFD_FEATURE_SIGBUS");
+	TU_OK(rc);
+	return up;
+}
+
 upager_store_t *tu_store_file(const char *path, unsigned flags)
 {
 	upager_store_t *s = NULL;

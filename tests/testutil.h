@@ -108,6 +108,9 @@ static inline size_t tu_round_up(size_t x, size_t a)
 
 /* upager_create() that asserts success. */
 upager_t *tu_runtime(const struct upager_config *cfg);
+/* A runtime with UPAGER_CFG_INLINE; skips the test where the kernel lacks
+ * UFFD_FEATURE_SIGBUS. */
+upager_t *tu_inline_runtime(void);
 /* upager_store_file() that asserts success. */
 upager_store_t *tu_store_file(const char *path, unsigned flags);
 /* upager_map() that asserts success; returns the address. */
