@@ -5,10 +5,11 @@
  * The runtime's descriptor is opened with UFFD_FEATURE_SIGBUS: a fault in
  * one of its regions raises SIGBUS in the faulting thread instead of
  * queueing a message for the manager. The handler here finds the region,
- * reads the unit from its file store with pread(2), installs it with
- * UFFDIO_COPY and returns; the access runs again and finds the page. No
- * other thread is woken, so a miss costs what the kernel's own page-cache
- * fault costs plus a signal and a copy, where the manager's path costs
+ * reads the unit from its file store with pread(2) (or decompresses it
+ * from an lz4 store alone), installs it with UFFDIO_COPY and returns; the
+ * access runs again and finds the page. No other thread is woken, so a
+ * miss costs what the kernel's own page-cache fault costs plus a signal
+ * and a copy, where the manager's path costs
  * three thread switches (faulting thread -> manager -> faulting thread,
  * docs/design.md section 9).
  *

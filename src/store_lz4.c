@@ -15,7 +15,10 @@
  * flags) under its own mutex. The mutex is held only to look an entry up and copy its stored
  * bytes out, or to swap an entry in: compression, decompression and the
  * checksum run with no lock held, in per-thread buffers (one set per
- * nesting level, since an lz4 store may be stacked over another).
+ * nesting level, since an lz4 store may be stacked over another), or,
+ * for the inline fault handler's reads of a store alone, in scratch the
+ * caller gives (upager__lz4_read_scratch: nothing allocated in a signal
+ * handler).
  *
  * Writes to one block are serialised (a per-stripe list of blocks being
  * written, with a condition variable), so partial-block writes
