@@ -182,71 +182,70 @@ static size_t claim_run(struct upager__region *r, size_t u)
 	return n;
 }
 
-/* Reads units [u, u+n) of a region over an lz4 store alone: decompressed
- * in this thread, into the pool buffer, with the scratch space for one
- * block after the units (no allocation here), taking one stripe mutex
- * for the copy of each block's compressed bytes (see the top of this
- * file for why a lock is safe here). */
-static int read_memory(struct upager__region *r, uint64_t off, size_t len,
-		       size_t want, char **data, struct buf **bp)
+/* Reads io_len bytes of r's file store at foff into p with pread(2).
+ * Returns the bytes read (fewer at the end of the file) or -errno. */
+static ssize_t read_file(struct upager__region *r, char *p, size_t io_len,
+			 uint64_t foff)
 {
-	upager_store_t *s = r->store;
-	size_t at = round_up(len, ALIGN), scratch = upager__lz4_scratch_size(s);
-	if (!scratch)
-		return -EINVAL; /* space.c maps no other store here */
-	struct buf *b = buf_get(at + scratch);
-	if (!b)
-		return -ENOMEM;
-	int rc = upager__lz4_read_scratch(s, b->p, want, off, b->p + at);
-	if (rc) {
-		buf_put(b);
-		return rc;
-	}
-	memset(b->p + want, 0, len - want);
-	CNT_INC(&r->cnt, bytes_fetched, want);
-	*data = b->p;
-	*bp = b;
-	return 0;
-}
-
-/* Reads units [u, u+n) of r into b: want store bytes, then zeros.
- * Returns 0 or -errno. */
-static int read_units(struct upager__region *r, size_t u, size_t n,
-		      size_t want, char **data, struct buf **bp)
-{
-	size_t len = n << r->page_shift;
-	uint64_t off = r->offset + ((uint64_t)u << r->page_shift), foff = off;
-	if (r->store->kind != UPAGER__STORE_FILE)
-		return read_memory(r, off, len, want, data, bp);
-	size_t skip = 0, io_len = want;
 	bool direct = r->store->flags & UPAGER_STORE_DIRECT;
-	if (direct) {
-		foff = off & ~(uint64_t)(ALIGN - 1);
-		skip = (size_t)(off - foff);
-		io_len = round_up(skip + want, ALIGN);
-	}
-	size_t need = round_up(skip + len, ALIGN);
-	struct buf *b = buf_get(need > io_len ? need : io_len);
-	if (!b)
-		return -ENOMEM;
 	size_t got = 0;
 	while (got < io_len) {
-		ssize_t k = pread(r->store->fd, b->p + got, io_len - got,
+		ssize_t k = pread(r->store->fd, p + got, io_len - got,
 				  (off_t)(foff + got));
 		if (k < 0 && errno == EINTR)
 			continue;
-		if (k < 0) {
-			int rc = -errno;
-			buf_put(b);
-			return rc;
-		}
+		if (k < 0)
+			return -errno;
 		if (k == 0)
 			break;
 		got += (size_t)k;
 		if (direct && k % ALIGN)
 			break; /* end of file */
 	}
-	size_t have = got > skip ? got - skip : 0;
+	return (ssize_t)got;
+}
+
+/* Reads units [u, u+n) of r into b: want store bytes, then zeros.
+ * A file store is read with pread(2); an lz4 store alone is decompressed
+ * in this thread, with the scratch space for one block after the units
+ * in the same pool buffer (nothing allocated here), taking one stripe
+ * mutex for the copy of each block's compressed bytes (see the top of
+ * this file for why a lock is safe here). Returns 0 or -errno. */
+static int read_units(struct upager__region *r, size_t u, size_t n,
+		      size_t want, char **data, struct buf **bp)
+{
+	upager_store_t *s = r->store;
+	size_t len = n << r->page_shift;
+	uint64_t off = r->offset + ((uint64_t)u << r->page_shift), foff = off;
+	bool file = s->kind == UPAGER__STORE_FILE;
+	size_t scratch = file ? 0 : upager__lz4_scratch_size(s);
+	if (!file && !scratch)
+		return -EINVAL; /* space.c maps no other store here */
+	size_t skip = 0, io_len = want;
+	if (file && (s->flags & UPAGER_STORE_DIRECT)) {
+		foff = off & ~(uint64_t)(ALIGN - 1);
+		skip = (size_t)(off - foff);
+		io_len = round_up(skip + want, ALIGN);
+	}
+	size_t need = round_up(skip + len, ALIGN);
+	if (need < io_len)
+		need = io_len;
+	struct buf *b = buf_get(need + scratch);
+	if (!b)
+		return -ENOMEM;
+	ssize_t got;
+	if (file) {
+		got = read_file(r, b->p, io_len, foff);
+	} else {
+		int rc = upager__lz4_read_scratch(s, b->p, want, off,
+						  b->p + need);
+		got = rc ? rc : (ssize_t)want;
+	}
+	if (got < 0) {
+		buf_put(b);
+		return (int)got;
+	}
+	size_t have = (size_t)got > skip ? (size_t)got - skip : 0;
 	if (have > want)
 		have = want;
 	memset(b->p + skip + have, 0, len - have);
