@@ -307,15 +307,14 @@ static enum outcome fetch(struct upager__region *r, size_t u, bool write,
 		return fail_fetch(r, u, n);
 	/* A write fault's units go in writable and dirty, the units of
 	 * its stream too (a write stream writes them next); a read's
-	 * write-protected, so that the first write is seen, except over an
-	 * lz4 store alone, where every unit goes in dirty (worker.c,
-	 * installs_dirty()). */
+	 * write-protected, so that the first write is seen, except where
+	 * every unit goes in dirty (installs_dirty()). */
 	struct upager__req j = {
 		.r = r, .unit = u, .t0 = t0, .write = write, .demand = true,
 		.count = (uint32_t)n,
 	};
-	bool dirty = r->wp && (write || r->dirty_at_install);
-	int rc = upager__install(r, u, n, data, FILL_COPY, r->wp && !dirty);
+	int rc = upager__install(r, u, n, data, FILL_COPY,
+				 r->wp && !installs_dirty(&j));
 	buf_put(b);
 	/* The units after the faulting one count as prefetched. */
 	upager__settle(&j, u, 1, rc == 0);

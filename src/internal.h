@@ -217,6 +217,17 @@ struct upager__req {
 	uint32_t count;  /* units from `unit` on (prefetch runs); 0 means 1 */
 };
 
+/* Whether job j's units go in writable and dirty, rather than (in a
+ * write-protected region) protected, so that the first write is seen: a
+ * write fault's do, and every install in a region whose store compares at
+ * write-back (dirty_at_install). The install (worker.c finish, inline.c
+ * fetch) and the state it leaves (upager__settle) must agree: a unit
+ * writable but clean would lose its writes at eviction. */
+static inline bool installs_dirty(const struct upager__req *j)
+{
+	return j->r->wp && (j->write || j->r->dirty_at_install);
+}
+
 /* A prefetch batch: units [first, first+count) marked UNIT_QUEUED. */
 struct upager__pf {
 	struct upager__region *r;

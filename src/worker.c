@@ -208,17 +208,6 @@ static void count_install(struct upager__region *r,
 	resident_add(r, 1);
 }
 
-/* Whether job j's units go in writable and dirty, rather than (in a
- * write-protected region) protected, so that the first write is seen: a
- * write fault's do, and every install in a region whose store compares at
- * write-back (dirty_at_install). The install (finish) and the state it
- * leaves (settle_units) must agree: a unit writable but clean would lose
- * its writes at eviction. */
-static bool installs_dirty(const struct upager__req *j)
-{
-	return j->r->wp && (j->write || j->r->dirty_at_install);
-}
-
 /* Units [u, u+n) are installed (ok) or could not be: their state and
  * counters. A demand unit was counted before its install. */
 static void settle_units(const struct upager__req *j, size_t u, size_t n,
