@@ -16,9 +16,10 @@
  * What the handler may call. It runs where the thread touched region
  * memory, which the library itself never does while holding a lock (the
  * write-back thread copies units out only where mincore() says pages are
- * there), so the handler may take the region table's read lock and the
- * write-back thread's lock as any thread does: the interrupted thread
- * cannot hold them. It never allocates with malloc (read buffers come
+ * there), so the handler may take the region table's read lock, the
+ * write-back thread's lock and the prefetch queue's lock (a read stream's
+ * readahead, handed to the workers) as any thread does: the interrupted
+ * thread cannot hold them. It never allocates with malloc (read buffers come
  * from a fixed pool, mapped with mmap), keeps errno, and never waits on
  * another thread without a time bound: where a unit is owned by someone
  * else (a worker's prefetch, the write-back thread) it sleeps briefly and
@@ -160,22 +161,41 @@ static bool page_resident(uintptr_t a)
 	       (v & 1);
 }
 
-/* Claims units after u for one read when the faults of r look like a
- * stream: units [u, u+n) are FETCHING on return. */
-static size_t claim_run(struct upager__region *r, size_t u)
+/* Whether a fault on unit u of r continues a stream: the advice says so,
+ * or the previous fault was on the unit before, or u lies inside what
+ * inline readahead queued (the reader caught up with it, or reached the
+ * unit left out halfway). */
+static bool on_stream(struct upager__region *r, size_t u)
 {
 	int adv = atomic_load(&r->advice);
+	if (adv == UPAGER_ADV_RANDOM || adv == UPAGER_ADV_SEQUENTIAL)
+		return adv == UPAGER_ADV_SEQUENTIAL;
 	size_t last = __atomic_load_n(&r->last_fault, __ATOMIC_RELAXED);
-	if (adv == UPAGER_ADV_RANDOM ||
-	    (adv != UPAGER_ADV_SEQUENTIAL && last + 1 != u))
+	size_t q = __atomic_load_n(&r->inline_ra, __ATOMIC_RELAXED);
+	return last + 1 == u || (u > last && u <= q);
+}
+
+/* Whether unit byte b may join a run a fault reads: EMPTY, or queued for
+ * a worker that has not started it (the run takes it over, as the fault
+ * took its own unit), with no flag but GHOST. */
+static bool joins_run(uint8_t b)
+{
+	b &= (uint8_t)~UNIT_GHOST;
+	return b == UNIT_EMPTY || b == UNIT_QUEUED;
+}
+
+/* Claims units after u for one read when the fault is on a stream: units
+ * [u, u+n) are FETCHING on return. */
+static size_t claim_run(struct upager__region *r, size_t u, bool stream)
+{
+	if (!stream)
 		return 1;
 	size_t max = RUN_BYTES >> r->page_shift, n = 1;
 	while (n < max && u + n < r->nunits) {
 		uint8_t b = unit_byte(r->state, u + n);
-		if (b != UNIT_EMPTY && b != (UNIT_EMPTY | UNIT_GHOST))
-			break;
-		if (!unit_update(r->state, u + n, UNIT_EMPTY, UNIT_FETCHING, 0,
-				 UNIT_GHOST))
+		if (!joins_run(b) ||
+		    !unit_update(r->state, u + n, b & UNIT_STATE,
+				 UNIT_FETCHING, 0, UNIT_GHOST))
 			break;
 		n++;
 	}
@@ -288,8 +308,18 @@ static enum outcome fetch(struct upager__region *r, size_t u, bool write,
 			  bool zeroed, uint64_t t0)
 {
 	upager_t *up = r->up;
-	size_t n = zeroed ? 1 : claim_run(r, u);
+	bool stream = !zeroed && on_stream(r, u);
+	size_t n = claim_run(r, u, stream);
 	__atomic_store_n(&r->last_fault, u + n - 1, __ATOMIC_RELAXED);
+	/* A read stream of a file: the workers read on ahead, their reads
+	 * in flight while this thread works. Not for a write stream (its
+	 * units go in writable and dirty with the run, below), nor over an
+	 * lz4 store: decompressing is as quick here as in a worker, and
+	 * under a budget the workers' installs wait for room while this
+	 * thread waits for them (the scans of upager-budget-bench --inline
+	 * read 10-25% slower with it). */
+	if (stream && !write && r->store->kind == UPAGER__STORE_FILE)
+		upager__inline_readahead(up, r, u + n);
 	make_room(up, r);
 	size_t want = zeroed ? 0 : upager__run_want(r, u, n);
 	char *data = NULL;

@@ -181,6 +181,8 @@ struct upager__region {
 	size_t ra_next;       /* first unit the window has not queued yet */
 	size_t wp_next;       /* first unit a write window has not
 				 un-protected yet (manager.c) */
+	size_t inline_ra;     /* first unit inline faults' readahead has
+				 not queued (any faulting thread, atomic) */
 
 	struct upager__counters cnt;
 };
@@ -303,6 +305,8 @@ void upager__manager_barrier(upager_t *up) UPAGER__HIDDEN;
  * fit). Caller must keep r alive. Returns units queued. */
 size_t upager__prefetch(upager_t *up, struct upager__region *r, size_t first,
 			size_t count, bool wait) UPAGER__HIDDEN;
+void upager__inline_readahead(upager_t *up, struct upager__region *r,
+			      size_t next) UPAGER__HIDDEN;
 
 /* ---- userfaultfd layer (uffd.c) ---- */
 

@@ -361,6 +361,40 @@ static size_t fault_readahead(upager_t *up, struct upager__region *r, size_t u,
 	return wend;
 }
 
+/* Readahead for a read stream served by inline faults (inline.c), which
+ * this thread never hears of: @next is the first unit after what the
+ * fault reads itself. Once less than half a window is left queued ahead
+ * of @next, queues for the workers from the end of what inline readahead
+ * queued before (from @next after a jump, or on an earlier pass's) to one
+ * window past @next, leaving out the unit halfway as fault_readahead
+ * does: the reader faults there and queues the next stretch while half
+ * of this one is still ahead. Threads race for a stretch with one
+ * compare-and-swap; the loser queues nothing. Called in the SIGBUS
+ * handler: prefetch_run without waiting for room takes only the queue
+ * lock, which no thread holds while it touches region memory. */
+void upager__inline_readahead(upager_t *up, struct upager__region *r,
+			      size_t next)
+{
+	size_t win = ra_window(r, atomic_load(&r->advice));
+	if (win < 2 || next >= r->nunits)
+		return;
+	size_t end = next + win < r->nunits ? next + win : r->nunits;
+	size_t q = __atomic_load_n(&r->inline_ra, __ATOMIC_RELAXED), start = q;
+	if (q < next || q > end)
+		start = next;
+	else if (q - next >= win / 2)
+		return;
+	if (start >= end ||
+	    !__atomic_compare_exchange_n(&r->inline_ra, &q, end, false,
+					 __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+		return;
+	size_t n = end - start;
+	size_t mark = n >= 4 && n >= win / 4 ? start + n / 2 : end;
+	prefetch_run(up, r, start, mark - start, false, false);
+	if (mark + 1 < end)
+		prefetch_run(up, r, mark + 1, end - mark - 1, false, false);
+}
+
 /* A write to a write-protected page: the unit becomes dirty and writable,
  * and on a write stream the clean units after it as well. While the
  * write-back thread owns the unit the thread waits for it. */

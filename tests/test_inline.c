@@ -2,7 +2,8 @@
  * test_inline.c - UPAGER_CFG_INLINE: faults served by the faulting thread
  * in a SIGBUS handler.
  *
- * Every unit read from several threads equals the file; a store read
+ * Every unit read from several threads equals the file; a read stream
+ * gets readahead from the workers without more faults; a store read
  * error reaches the faulting thread as SIGBUS (never zeros, never a
  * hang); a SIGBUS that is not the runtime's reaches the handler the
  * application had; the handler the application had is back after
@@ -14,6 +15,7 @@
 #include "testutil.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <string.h>
@@ -81,6 +83,68 @@ static void test_inline_sequential_runs(void **state)
 	assert_true(tu_check(&ref, a, 0, FILE_LEN));
 	assert_int_equal(tu_stats(up, a).faults, st.faults);
 	TU_OK(upager_unmap(up, a));
+	upager_destroy(up);
+	close(fd);
+}
+
+/* A read stream of a file region gets readahead from the workers: after
+ * two faults in order, units far past what those faults read themselves
+ * arrive with no fault. Then threads scanning in order from different
+ * places (racing for the readahead window, and taking over units queued
+ * for a worker that has not started them) read every byte right. */
+static void test_inline_readahead(void **state)
+{
+	(void)state;
+	const char *path = tu_make_file("inline-ra.dat", FILE_LEN);
+	int fd = tu_open(path);
+	struct tu_ref ref = { .fd = fd, .length = FILE_LEN,
+			      .store_size = FILE_LEN };
+	size_t page = 4 * TU_KIB;
+	upager_t *up = tu_inline_runtime();
+	upager_store_t *s = tu_store_file(path, 0);
+	uint8_t *a = tu_map(up, s, 0, FILE_LEN, page, TU_MIB);
+	upager_store_release(s);
+	assert_true(tu_check(&ref, a, 0, page));        /* unit 0: alone */
+	assert_true(tu_check(&ref, a, page, page));     /* 1: a stream */
+	uint64_t faults = tu_stats(up, a).faults;
+	assert_int_equal(faults, 2);
+	/* The second fault read 16 units (64 KiB) itself; the window (1 MiB,
+	 * 256 units, less the one left out halfway) comes from the workers. */
+	size_t want = (17 + 200) * page;
+	uint64_t t0 = tu_now_ns();
+	struct upager_stats st = tu_stats(up, a);
+	while (st.resident_bytes < want &&
+	       tu_now_ns() - t0 < 5ull * 1000000000ull) {
+		usleep(1000);
+		st = tu_stats(up, a);
+	}
+	tu_print_stats("readahead", &st);
+	if (st.resident_bytes < want)
+		fail_msg("resident %" PRIu64 " bytes after a stream's two faults, "
+			 "%zu expected from readahead", st.resident_bytes, want);
+	assert_int_equal(st.faults, faults);
+	assert_true(tu_check(&ref, a, 0, FILE_LEN));
+	assert_int_equal(tu_stats(up, a).read_errors, 0);
+	TU_OK(upager_unmap(up, a));
+
+	for (size_t k = 0; k < 3; k++) {
+		size_t pg = k == 2 ? 64 * TU_KIB : page;
+		size_t n = tu_round_up(FILE_LEN, pg) / pg;
+		s = tu_store_file(path, 0);
+		a = tu_map(up, s, 0, FILE_LEN, pg, k == 0 ? TU_MIB : 4 * TU_MIB);
+		upager_store_release(s);
+		if (k == 1)
+			TU_OK(upager_advise(up, a, FILE_LEN,
+					    UPAGER_ADV_SEQUENTIAL));
+		tu_scan_units(&ref, a, pg, n, 4, false, 77 + k);
+		assert_true(tu_check(&ref, a, 0, FILE_LEN));
+		st = tu_stats(up, a);
+		tu_print_stats("readahead, 4 threads", &st);
+		assert_int_equal(st.pages_installed, n);
+		assert_int_equal(st.read_errors, 0);
+		assert_int_equal(st.resident_bytes, n * pg);
+		TU_OK(upager_unmap(up, a));
+	}
 	upager_destroy(up);
 	close(fd);
 }
@@ -269,6 +333,7 @@ static void test_inline_bad_input(void **state)
 static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(test_inline_read_threads),
 	cmocka_unit_test(test_inline_sequential_runs),
+	cmocka_unit_test(test_inline_readahead),
 	cmocka_unit_test(test_inline_syscall_efault),
 	cmocka_unit_test(test_inline_read_error_sigbus),
 	cmocka_unit_test(test_inline_foreign_sigbus_passed_on),
