@@ -300,13 +300,26 @@ void upager__manager_defer(upager_t *up, const struct upager__req *j) UPAGER__HI
  * read, maybe before it is handled; a caller that must see the effect
  * (state reset, whole-region unmap noted) waits here first. */
 void upager__manager_barrier(upager_t *up) UPAGER__HIDDEN;
+
+/* ---- readahead (readahead.c) ---- */
+
 /* Queues units [first, first+count) of r for prefetch; units not EMPTY are
  * skipped. wait: block while the queue is full (else drop what does not
  * fit). Caller must keep r alive. Returns units queued. */
 size_t upager__prefetch(upager_t *up, struct upager__region *r, size_t first,
 			size_t count, bool wait) UPAGER__HIDDEN;
+/* Readahead for a read stream served inline (inline.c): @next is the
+ * first unit after what the fault reads itself. Any thread, in the SIGBUS
+ * handler too. */
 void upager__inline_readahead(upager_t *up, struct upager__region *r,
 			      size_t next) UPAGER__HIDDEN;
+/* Readahead on a sequential stream, for a fault the manager read: queues
+ * the window beyond unit u (write: the fault is a write; see "Write
+ * streams" in readahead.c). *stream: whether the fault continued one.
+ * Returns the end of the stretch after u that the write stream may mark
+ * dirty (u + 1: none, or not a write stream). Manager thread only. */
+size_t upager__fault_readahead(upager_t *up, struct upager__region *r,
+			       size_t u, bool write, bool *stream) UPAGER__HIDDEN;
 
 /* ---- userfaultfd layer (uffd.c) ---- */
 

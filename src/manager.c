@@ -21,7 +21,7 @@
  *    part is no longer ours (faults there get SIGBUS).
  *  - PAGEFAULT with the write-protect flag: the unit becomes dirty and
  *    writable; on a sequential write stream, so do the clean units ahead
- *    of it (see "Write streams" below).
+ *    of it (see "Write streams" in readahead.c).
  * Reading the message is what lets the kernel finish the madvise/munmap/
  * mremap and lets installs stop failing with EAGAIN, so non-fault events
  * are handled inline, never queued.
@@ -44,67 +44,6 @@
 #include "internal.h"
 
 #define BATCH 64
-/* Largest prefetch batch in a region under a budget: a worker checks for
- * room once per batch it installs, so a batch is what an install can go
- * over the budget by; the write-back thread evicts in batches of as many
- * units. */
-#define PF_CHUNK_BUDGET 64u
-
-/* upager__prefetch(); write: the units are ahead of a write stream and go
- * in writable and dirty. */
-static size_t prefetch_run(upager_t *up, struct upager__region *r,
-			   size_t first, size_t count, bool wait, bool write)
-{
-	size_t queued = 0, end = first + count;
-	if (end > r->nunits)
-		end = r->nunits;
-	uint32_t chunk = r->budget_units || up->budget_units_4k ?
-			 PF_CHUNK_BUDGET : UPAGER__PF_CHUNK;
-	size_t u = first;
-	while (u < end && !atomic_load(&r->dead)) {
-		/* Gather up to one chunk of EMPTY units, starting at the
-		 * first one. */
-		while (u < end && unit_get(r->state, u) != UNIT_EMPTY)
-			u++;
-		if (u == end)
-			break;
-		struct upager__pf pf = { .r = r, .first = u, .count = 0,
-					 .write = write };
-		while (u < end && pf.count < chunk &&
-		       unit_cas(r->state, u, UNIT_EMPTY, UNIT_QUEUED)) {
-			pf.count++;
-			u++;
-		}
-		if (pf.count == 0)
-			continue;
-		atomic_fetch_add(&r->refs, 1);
-		pthread_mutex_lock(&up->qlock);
-		bool ok;
-		while (!(ok = upager__ring_push(&up->prefetch, &pf)) && wait &&
-		       !atomic_load(&up->stopping))
-			pthread_cond_wait(&up->space_cv, &up->qlock);
-		if (ok)
-			atomic_fetch_add(&up->prefetch_count, 1);
-		pthread_mutex_unlock(&up->qlock);
-		if (!ok) {
-			/* Dropped readahead: give the units back. */
-			for (size_t i = 0; i < pf.count; i++)
-				unit_cas(r->state, pf.first + i, UNIT_QUEUED,
-					 UNIT_EMPTY);
-			upager__region_put(r);
-			break;
-		}
-		upager__workers_kick(up, 1);
-		queued += pf.count;
-	}
-	return queued;
-}
-
-size_t upager__prefetch(upager_t *up, struct upager__region *r, size_t first,
-			size_t count, bool wait)
-{
-	return prefetch_run(up, r, first, count, wait, false);
-}
 
 /* Following the faulting thread's CPU (see design.md, "Where the manager
  * runs"): a window's majority faulting thread, found by a
@@ -190,209 +129,16 @@ void upager__manager_defer(upager_t *up, const struct upager__req *j)
 		upager__region_put(j->r); /* cannot happen: see cap */
 }
 
-/*
- * Write streams.
- *
- * In a write-protected region every unit a read fault or readahead installs
- * is protected, so a program writing sequentially would pay two round trips
- * per unit: a missing fault (or none, where readahead came first) and then
- * a write-protect fault. So when a fault that continues a sequential stream
- * is a write (a write to a missing page, or any write-protect fault), the
- * stream is taken for a write stream, and
- *  - the readahead it queues goes in writable and already dirty, as the
- *    faulting unit itself does (prefetch jobs with `write` set), and
- *  - on a write-protect fault, the clean present units right after the
- *    faulting one are marked dirty and un-protected together with it, in
- *    one UFFDIO_WRITEPROTECT.
- * What it costs: a unit marked dirty ahead of the writer that the writer
- * never reaches (the stream stops, or turns back) is written back anyway,
- * its own bytes again, and an eviction must write it before dropping it.
- * That is bounded: a fault marks at most one write window past itself (the
- * readahead window, and at most a quarter of the budget, so that units
- * written ahead never crowd out the rest of the budget), the next window
- * only when the writer comes back with another fault, and never a unit
- * past the end of a file store (writing it back would grow the file by
- * bytes nobody wrote). A read stream marks nothing: a read fault is never
- * taken for a write.
- */
-
-/* The readahead window of r under advice adv, in units (0: none). Under a
- * budget it is at most a quarter of it (of the region's, and of the
- * runtime's): a window as large as the budget would have the write-back
- * thread evict units read ahead before they are used, and installs outrun
- * eviction; a write stream's window (all of it dirty) would crowd out the
- * rest of the budget. */
-static size_t ra_window(const struct upager__region *r, int adv)
-{
-	size_t win = r->ra_units;
-	if (adv == UPAGER_ADV_RANDOM)
-		return 0;
-	if (adv == UPAGER_ADV_SEQUENTIAL) {
-		/* At least 16 MiB (and two units) ahead. */
-		size_t seq_win = (16u << 20) >> r->page_shift;
-		if (seq_win < 2)
-			seq_win = 2;
-		if (win < seq_win)
-			win = seq_win;
-	}
-	if (r->budget_units && win > r->budget_units / 4)
-		win = r->budget_units / 4;
-	uint64_t g = r->up->budget_units_4k >> (r->page_shift - 12);
-	if (r->up->budget_units_4k && win > g / 4)
-		win = (size_t)(g / 4);
-	return win;
-}
-
-/* Units of r that lie wholly inside its store as it is now (only those may
- * be marked dirty before they are written). A file's size is one fstat();
- * a custom store's size callback might block and is not called here: its
- * region's length is the limit. */
-static size_t stored_units(const struct upager__region *r)
-{
-	if (r->store->kind != UPAGER__STORE_FILE)
-		return r->nunits;
-	uint64_t size;
-	if (upager__store_size(r->store, &size) || size <= r->offset)
-		return 0;
-	uint64_t n = (size - r->offset) >> r->page_shift;
-	return n < r->nunits ? (size_t)n : r->nunits;
-}
-
-/* Queues units [a, b) of r for prefetch: those before wend for writing
- * (see "Write streams"), the rest for reading. */
-static void queue_span(upager_t *up, struct upager__region *r, size_t a,
-		       size_t b, size_t wend)
-{
-	size_t w = wend < a ? a : (wend > b ? b : wend);
-	if (w > a)
-		prefetch_run(up, r, a, w - a, false, true);
-	if (b > w)
-		prefetch_run(up, r, w, b - w, false, false);
-}
-
-/* A write stream's window [a, b) holds units installed clean (read
- * before, or written back by a flush): write-protected, each would cost
- * the writer a write-protect fault, a round trip through this thread,
- * when it gets there. Un-protect them now, as the write fault would:
- * held (hold_clean), un-protected a run of adjacent ones per ioctl, then
- * PRESENT and dirty. Units in any other state are left alone: a unit
- * another thread owns may be protected on purpose (a flush copying it
- * out), and an unprotect over it would let a write go unseen. */
-static void unprotect_ahead(struct upager__space *sp, struct upager__region *r,
-			    size_t a, size_t b)
-{
-	size_t lo = a > r->wp_next ? a : r->wp_next;
-	if (r->wp_next > b)
-		lo = a; /* an earlier pass's, as ra_next in fault_readahead */
-	for (size_t v = lo; v < b;) {
-		if (!hold_clean(r, v)) {
-			v++;
-			continue;
-		}
-		size_t w = v + 1;
-		while (w < b && hold_clean(r, w))
-			w++;
-		upager__uffd_unprotect_nowake(sp->uffd,
-					      r->base + (v << r->page_shift),
-					      (w - v) << r->page_shift);
-		for (size_t q = v; q < w; q++)
-			release_dirty(r, q);
-		v = w;
-	}
-	r->wp_next = b;
-}
-
-/* Readahead on a sequential stream: queue the window beyond unit u; write:
- * the fault is a write. Returns the end of the stretch after u that the
- * write stream may mark dirty (u + 1: none, or not a write stream). */
+/* The readahead of a fault the manager read; counts the faults on
+ * streams for the thread following (follow_tick). */
 static size_t fault_readahead(upager_t *up, struct upager__region *r, size_t u,
-			bool write)
+			      bool write)
 {
-	int adv = atomic_load_explicit(&r->advice, memory_order_relaxed);
-	size_t win = ra_window(r, adv);
-	if (win == 0)
-		return u + 1;
-	/* Sequential: the next unit, or a unit inside the window already
-	 * queued (the application caught up with it). */
-	bool seq = adv == UPAGER_ADV_SEQUENTIAL ||
-		   u == r->last_fault + 1 ||
-		   (u > r->last_fault && u <= r->ra_next);
-	r->last_fault = u;
-	if (!seq)
-		return u + 1;
-	up->mgr->fl.seq++;
-	size_t wend = u + 1;
-	/* Only where dirty units can be written back: elsewhere a unit
-	 * marked dirty could never be evicted. */
-	if (write && r->writeback) {
-		size_t lim = stored_units(r);
-		wend += win;
-		if (wend > lim)
-			wend = lim > u + 1 ? lim : u + 1;
-		if (r->wp)
-			unprotect_ahead(r->sp, r, u + 1, wend);
-	}
-	size_t end = u + 1 + win;
-	if (end > r->nunits)
-		end = r->nunits;
-	/* The window queued so far ends beyond this one: it was an earlier
-	 * pass's (a scan again from the start, or after a jump back), not
-	 * this stream's, which starts over here. Kept, it stopped every
-	 * later pass over the region from reading ahead at all. */
-	if (r->ra_next > end)
-		r->ra_next = u + 1;
-	size_t start = u + 1 > r->ra_next ? u + 1 : r->ra_next;
-	if (start >= end)
-		return wend;
-	/* Asynchronous readahead: the unit halfway through what is newly
-	 * queued is left out. The application faults there while half of
-	 * the window is still ahead of it, and that fault queues the next
-	 * stretch, so reads keep running ahead of a sequential reader
-	 * instead of it stalling at the end of every window. A short
-	 * stretch gets no such unit: the stream faults often enough without
-	 * it (a writer meeting clean units it must un-protect), and each
-	 * left-out unit would cost one more read the stream waits for. */
-	size_t n = end - start;
-	size_t mark = n >= 4 && n >= win / 4 ? start + n / 2 : end;
-	queue_span(up, r, start, mark, wend);
-	if (mark + 1 < end)
-		queue_span(up, r, mark + 1, end, wend);
-	r->ra_next = end;
+	bool stream;
+	size_t wend = upager__fault_readahead(up, r, u, write, &stream);
+	if (stream)
+		up->mgr->fl.seq++;
 	return wend;
-}
-
-/* Readahead for a read stream served by inline faults (inline.c), which
- * this thread never hears of: @next is the first unit after what the
- * fault reads itself. Once less than half a window is left queued ahead
- * of @next, queues for the workers from the end of what inline readahead
- * queued before (from @next after a jump, or on an earlier pass's) to one
- * window past @next, leaving out the unit halfway as fault_readahead
- * does: the reader faults there and queues the next stretch while half
- * of this one is still ahead. Threads race for a stretch with one
- * compare-and-swap; the loser queues nothing. Called in the SIGBUS
- * handler: prefetch_run without waiting for room takes only the queue
- * lock, which no thread holds while it touches region memory. */
-void upager__inline_readahead(upager_t *up, struct upager__region *r,
-			      size_t next)
-{
-	size_t win = ra_window(r, atomic_load(&r->advice));
-	if (win < 2 || next >= r->nunits)
-		return;
-	size_t end = next + win < r->nunits ? next + win : r->nunits;
-	size_t q = __atomic_load_n(&r->inline_ra, __ATOMIC_RELAXED), start = q;
-	if (q < next || q > end)
-		start = next;
-	else if (q - next >= win / 2)
-		return;
-	if (start >= end ||
-	    !__atomic_compare_exchange_n(&r->inline_ra, &q, end, false,
-					 __ATOMIC_RELAXED, __ATOMIC_RELAXED))
-		return;
-	size_t n = end - start;
-	size_t mark = n >= 4 && n >= win / 4 ? start + n / 2 : end;
-	prefetch_run(up, r, start, mark - start, false, false);
-	if (mark + 1 < end)
-		prefetch_run(up, r, mark + 1, end - mark - 1, false, false);
 }
 
 /* A write to a write-protected page: the unit becomes dirty and writable,
