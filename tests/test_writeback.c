@@ -1369,13 +1369,14 @@ static void test_seq_write_window_scattered(void **state)
  * ahead as the first did: the window the first pass left queued to the
  * end of the region once stopped every later pass from reading ahead at
  * all (a fault per unit). */
-static void seq_read_run(int advice)
+static void seq_read_run(int advice, bool inline_faults)
 {
 	size_t page = 4 * TU_KIB, len = 32 * TU_MIB, units = len / page;
 	char name[64];
-	snprintf(name, sizeof(name), "seqr-%d.dat", advice);
+	snprintf(name, sizeof(name), "seqr-%d%s.dat", advice,
+		 inline_faults ? "-i" : "");
 	const char *path = tu_make_file(name, len);
-	upager_t *up = tu_runtime(NULL);
+	upager_t *up = inline_faults ? tu_inline_runtime() : tu_runtime(NULL);
 	uint8_t *a = map_stream(up, path, len, page, 256 * TU_KIB);
 	TU_OK(upager_advise(up, a, len, advice));
 	int fd = tu_open(path);
@@ -1406,13 +1407,21 @@ static void seq_read_run(int advice)
 static void test_seq_read_scan_writes_nothing(void **state)
 {
 	(void)state;
-	seq_read_run(UPAGER_ADV_NORMAL);
+	seq_read_run(UPAGER_ADV_NORMAL, false);
+}
+
+/* Inline faults: the workers' readahead for a read stream, under the
+ * budget, marks nothing dirty either. */
+static void test_seq_read_scan_inline_writes_nothing(void **state)
+{
+	(void)state;
+	seq_read_run(UPAGER_ADV_NORMAL, true);
 }
 
 static void test_seq_read_scan_advised_writes_nothing(void **state)
 {
 	(void)state;
-	seq_read_run(UPAGER_ADV_SEQUENTIAL);
+	seq_read_run(UPAGER_ADV_SEQUENTIAL, false);
 }
 
 /* A region reaching past the end of its file: a write stream that ends at
@@ -1697,6 +1706,7 @@ static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(test_seq_write_window_scattered),
 	cmocka_unit_test(test_seq_write_file_end),
 	cmocka_unit_test(test_seq_read_scan_writes_nothing),
+	cmocka_unit_test(test_seq_read_scan_inline_writes_nothing),
 	cmocka_unit_test(test_seq_read_scan_advised_writes_nothing),
 	cmocka_unit_test(test_write_error_flush_and_unmap),
 	cmocka_unit_test(test_write_error_eviction_keeps_data),
