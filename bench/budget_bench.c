@@ -250,6 +250,15 @@ static double now_s(void)
 	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* CPU time of the whole process (every thread: the library's, and the
+ * kernel's io_uring workers, count). */
+static double cpu_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 /* ------------------------------------------------------------------ */
 /* Data: text-like pages, identical on both sides                      */
 /* ------------------------------------------------------------------ */
@@ -289,6 +298,7 @@ enum { PH_FILL, PH_RAND, PH_SEQ, PH_N };
 struct phase {
 	double secs;     /* the whole phase, sync included */
 	double sync_secs; /* of which the flush (upager) or msync (kernel) */
+	double cpu_secs, sync_cpu_secs; /* process CPU time of the same */
 	uint64_t units;  /* pages touched or bytes moved */
 	uint64_t sum;    /* checksum of the words read */
 	bool ran;
@@ -505,20 +515,27 @@ static void file_workload(uint8_t *base, size_t len, const struct side_ops *so,
 {
 	so->hint(so->ctx, base, len, false);
 	struct phase *ph = &r->ph[PH_RAND];
+	double c0 = cpu_s();
 	phase_random(base, len, O.file_ops, 3, ph);
-	double t0 = now_s();
+	double t0 = now_s(), c1 = cpu_s();
 	so->sync(so->ctx, base, len, r);
 	ph->sync_secs = now_s() - t0;
 	ph->secs += ph->sync_secs;
+	ph->sync_cpu_secs = cpu_s() - c1;
+	ph->cpu_secs = c1 - c0 + ph->sync_cpu_secs;
 	so->hint(so->ctx, base, len, true);
 	ph = &r->ph[PH_SEQ];
 	t0 = now_s();
+	c0 = cpu_s();
 	for (uint64_t pg = 0; pg < len / PG; pg++)
 		gen_page(base + pg * PG, pg ^ 0x5a5a);
 	double t1 = now_s();
+	c1 = cpu_s();
 	so->sync(so->ctx, base, len, r);
 	ph->sync_secs = now_s() - t1;
 	ph->secs = now_s() - t0;
+	ph->sync_cpu_secs = cpu_s() - c1;
+	ph->cpu_secs = cpu_s() - c0;
 	ph->units = len;
 	ph->ran = true;
 }
@@ -1048,14 +1065,17 @@ static void compare_file(void)
 	for (int i = PH_RAND; u_ok && i <= PH_SEQ; i++) {
 		const struct phase *a = &u.ph[i], *b = &k.ph[i];
 		const char *what = i == PH_RAND ? "random r/w" : "seq write";
+		char kside[96] = "";
 		if (k_ok)
-			note("%s: upager %.2f s + flush %.2f s, kernel %.2f s "
-			     "+ msync %.2f s", what, a->secs - a->sync_secs,
-			     a->sync_secs, b->secs - b->sync_secs,
-			     b->sync_secs);
-		else
-			note("%s: upager %.2f s + flush %.2f s", what,
-			     a->secs - a->sync_secs, a->sync_secs);
+			snprintf(kside, sizeof(kside), ", kernel %.2f s (cpu "
+				 "%.2f) + msync %.2f s (cpu %.2f)",
+				 b->secs - b->sync_secs,
+				 b->cpu_secs - b->sync_cpu_secs, b->sync_secs,
+				 b->sync_cpu_secs);
+		note("%s: upager %.2f s (cpu %.2f) + flush %.2f s (cpu %.2f)%s",
+		     what, a->secs - a->sync_secs,
+		     a->cpu_secs - a->sync_cpu_secs, a->sync_secs,
+		     a->sync_cpu_secs, kside);
 	}
 	if (u_ok && k_ok) {
 		check_sums("file", &u, &k);
