@@ -126,6 +126,7 @@ struct run_result {
 	uint64_t page_size;  /* install unit or I/O size in bytes */
 	bool cold;
 	double seconds;
+	double cpu_seconds;  /* CPU time of the child (every thread) meanwhile */
 	uint64_t ops;        /* pages read by the application */
 	uint64_t bytes;      /* bytes read by the application */
 	double p50_us, p99_us; /* per-op latency; < 0 when not measured */
@@ -250,6 +251,9 @@ uint64_t workload_ops_total(const struct run_spec *s);
 
 void progress_add(const struct run_spec *s, unsigned t, uint64_t n);
 double now_sec(void);
+/* CPU time of this process, every thread (the kernel's io_uring workers
+ * too), in seconds. */
+double cpu_sec(void);
 uint64_t now_ns(void);
 /* Sorts @lat (n nanosecond samples) and stores p50/p99 in us. */
 void latency_percentiles(uint32_t *lat, size_t n, double *p50, double *p99);

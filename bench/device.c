@@ -200,8 +200,10 @@ int engine_device_run(const struct engine *e, const struct run_spec *s,
 		result_fail(r, err, "device set-up: %s", strerror(-err));
 	} else {
 		t0 = now_sec();
+		double c0 = cpu_sec();
 		err = dev_loop(&d, s, &l);
 		r->seconds = now_sec() - t0;
+		r->cpu_seconds = cpu_sec() - c0;
 		if (err)
 			result_fail(r, err, "device read: %s", strerror(-err));
 	}

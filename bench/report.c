@@ -108,9 +108,10 @@ static void table_row(FILE *f, const struct run_result *r,
 		snprintf(over, sizeof(over), "-");
 	ratio(xm, sizeof(xm), r, find(all, n, r->workload, "mmap", r->threads));
 	ratio(xd, sizeof(xd), r, find(all, n, r->workload, "device", r->threads));
-	fprintf(f, "%-12s %-23s %3u %5s %-5s %9.1f %10.0f %8s %8s %8.1f %8s %8s %6s %6s\n",
+	fprintf(f, "%-12s %-23s %3u %5s %-5s %9.1f %10.0f %6.2f %8s %8s %8.1f %8s %8s %6s %6s\n",
 		r->workload, r->engine, r->threads, unit, r->cold ? "cold" : "warm",
-		mbps(r), opsps(r), p50, p99, (double)r->peak_rss_kb / 1024.0,
+		mbps(r), opsps(r), r->cpu_seconds, p50, p99,
+		(double)r->peak_rss_kb / 1024.0,
 		data, over, xm, xd);
 }
 
@@ -123,9 +124,9 @@ void report_table(FILE *f, const struct report_meta *m,
 		"per thread; MB = 10^6 bytes read by the application\n",
 		m->evict_method, m->repeat, (unsigned long long)m->ops);
 	fprintf(f, "command: %s\n\n", m->cmdline);
-	fprintf(f, "%-12s %-23s %3s %5s %-5s %9s %10s %8s %8s %8s %8s %8s %6s %6s\n",
+	fprintf(f, "%-12s %-23s %3s %5s %-5s %9s %10s %6s %8s %8s %8s %8s %8s %6s %6s\n",
 		"workload", "engine", "thr", "unit", "cache", "MB/s", "ops/s",
-		"p50 us", "p99 us", "RSS MiB", "data MiB", "RSS-data", "x mmap",
+		"CPU s", "p50 us", "p99 us", "RSS MiB", "data MiB", "RSS-data", "x mmap",
 		"x dev");
 	for (size_t i = 0; i < n; i++) {
 		if (i > 0 && (strcmp(r[i].workload, r[i - 1].workload) != 0 ||
@@ -135,6 +136,9 @@ void report_table(FILE *f, const struct report_meta *m,
 	}
 	fprintf(f, "\n"
 		"unit: install unit (upager, raw-uffd) or I/O size (pread, device)\n"
+		"CPU s: CPU time of the engine's process while the workload ran "
+		"(every thread: the application's, upager's, the kernel's io_uring "
+		"workers)\n"
 		"p50/p99: per read (rand, rand-hinted, stride); device: per request, "
 		"one thread, O_DIRECT io_uring at QD%u\n"
 		"data MiB: bytes resident in the engine's region at the end\n"
@@ -341,6 +345,7 @@ static void json_run(FILE *f, const struct run_result *r)
 		fprintf(f, ", ");
 	}
 	json_num(f, "seconds", r->seconds, false);
+	json_num(f, "cpu_seconds", r->cpu_seconds, false);
 	json_num(f, "mb_per_s", mbps(r), false);
 	json_num(f, "ops_per_s", opsps(r), false);
 	json_num(f, "p50_us", r->p50_us, false);

@@ -68,6 +68,13 @@ double now_sec(void)
 	return (double)now_ns() / 1e9;
 }
 
+double cpu_sec(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 void progress_add(const struct run_spec *s, unsigned t, uint64_t n)
 {
 	if (s->progress && t < BENCH_MAX_THREADS)
@@ -363,10 +370,12 @@ int drive_workload(const struct run_spec *s, const struct access_ops *a,
 			started++;
 	}
 	t0 = now_sec();
+	double c0 = cpu_sec();
 	gate_open(&gate, err ? -1 : 1);
 	for (unsigned i = 0; i < started; i++)
 		pthread_join(at[i].tid, NULL);
 	r->seconds = now_sec() - t0;
+	r->cpu_seconds = cpu_sec() - c0;
 	if (!err)
 		collect(s, at, n, r);
 	free_threads(at, n);
