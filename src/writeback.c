@@ -443,8 +443,8 @@ static void copy_run(struct upager__wb *wb, struct upager__region *r,
  * need their bytes, at most MAX_GAP units apart. The whole span from the
  * first to the last is write-protected with one ioctl, so one TLB flush
  * (an interrupt to every CPU running the application) where a unit at a
- * time cost one each: 12,400 scattered dirty units took 72 ms to copy out
- * one by one. Protecting the units in the gaps changes nothing for them:
+ * time cost one each (benchmarks.md, section 2: the flush after random
+ * writes). Protecting the units in the gaps changes nothing for them:
  * an EMPTY unit has no page to protect (the descriptor does not ask for
  * WP_UNPOPULATED), a clean one is protected already, and one written
  * since the batch was chosen (dirty, or FETCHING for a write) takes one
@@ -467,8 +467,8 @@ static void copy_out_span(struct upager__wb *wb, struct upager__region *r,
 /* Takes the items out of the region: eviction moves them into scratch in
  * spans (above; the region range is empty at once, so accesses fault and
  * wait), everything else is copied out (for a flush, spans of nearby
- * units protected at once). At entry the scratch area is empty and has room for the
- * k items (process()). */
+ * units protected at once). At entry the scratch area is empty and has
+ * room for the k items (process()). */
 static void take_out_all(struct upager__wb *wb, struct upager__region *r,
 			 struct item *items, size_t k, bool evict)
 {
