@@ -26,8 +26,11 @@
  * Watermarks: eviction starts when a region holds more than its budget
  * less a slack (an eighth of a small budget, a 64th of a large one, at
  * least 128 units) and stops two slacks under the budget, in batches of at
- * most 64 units, so faults rarely wait; a worker about to install into a region at its budget waits for a
- * batch (bounded, 50 ms) before installing anyway.
+ * most 64 units, so faults rarely wait; a worker about to install into a
+ * region at its budget waits for a batch (bounded, 50 ms) before
+ * installing anyway.
+ *
+ * The writes themselves, to file and custom stores, are in wb_write.c.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -40,10 +43,10 @@
 
 #include "compat.h"
 #include "internal.h"
+#include "wb_write.h"
 
 #define BATCH 64u
 #define SCRATCH (16u << 20)
-#define PAGE 4096u
 
 struct wb_req {
 	struct upager__region *r;
@@ -74,17 +77,6 @@ struct upager__wb {
 	bool ring_ok;
 };
 
-/* One unit being worked on. */
-struct item {
-	size_t u;
-	uint8_t b;      /* state byte when claimed */
-	char *data;     /* its bytes in the scratch area, or NULL */
-	bool moved;     /* pages were moved out of the region */
-	int rc;
-	/* Which 4 KiB pages of data are real (a page the application
-	 * dropped meanwhile is a hole and is not written). */
-	unsigned char vec[UPAGER_PAGE_SIZE_MAX / 4096];
-};
 
 static uintptr_t unit_addr(const struct upager__region *r, size_t u)
 {
@@ -129,172 +121,11 @@ static int move_back(upager_t *up, uintptr_t dst, uintptr_t src, size_t len)
 	return move_some(up, up->home.uffd, dst, src, len, NULL);
 }
 
-/* ---- writing to the store ---- */
-
-/* A custom store's write callback. */
-static int store_write(upager_store_t *s, const char *buf, size_t len,
-		       uint64_t off)
-{
-	if (!s->ops.write)
-		return -EROFS;
-	int rc = s->ops.write(s->ctx, buf, len, off);
-	return rc > 0 ? -EIO : rc;
-}
-
-/* Writes the unit's pages that are really there to a custom store (a page
- * the application dropped meanwhile arrives as a hole: it is not
- * written). */
-static int write_unit(struct upager__region *r, struct item *it)
-{
-	size_t limit = r->length - ((size_t)it->u << r->page_shift);
-	size_t len = r->page_size < limit ? r->page_size : limit;
-	size_t npages = (len + PAGE - 1) / PAGE;
-	const unsigned char *vec = it->vec;
-	uint64_t base = r->offset + ((uint64_t)it->u << r->page_shift);
-	size_t p = 0;
-	while (p < npages) {
-		if (!(vec[p] & 1)) {
-			p++;
-			continue;
-		}
-		size_t q = p;
-		while (q < npages && (vec[q] & 1))
-			q++;
-		size_t a = p * PAGE, e = q * PAGE < len ? q * PAGE : len;
-		int rc = store_write(r->store, it->data + a, e - a, base + a);
-		if (rc)
-			return rc;
-		p = q;
-	}
-	return 0;
-}
-
-/* A file write in flight: contiguous scratch bytes that are contiguous in
- * the file too, covering items [first, last] of the batch. */
-struct wext {
-	const char *buf;
-	size_t len, done;
-	uint64_t off;
-	unsigned first, last;
-};
-
-#define MAX_EXT 256
-#define RING 64
-
-static void ext_fail(struct item *items, const struct wext *e, int rc)
-{
-	for (unsigned i = e->first; i <= e->last; i++)
-		if (!items[i].rc)
-			items[i].rc = rc;
-}
-
-/* Writes the extents through the ring, all in flight at once (up to the
- * ring's size); a short write is resubmitted for the rest. */
-static void ext_write(struct upager__wb *wb, int fd, struct wext *ext,
-		      unsigned n, struct item *items)
-{
-	unsigned inflight = 0;
-	unsigned queue[MAX_EXT], qn = 0; /* extents to (re)submit */
-	for (unsigned i = 0; i < n; i++)
-		queue[qn++] = i;
-	while (qn || inflight) {
-		while (qn && inflight < RING) {
-			struct wext *e = &ext[queue[--qn]];
-			struct io_uring_sqe *sqe = io_uring_get_sqe(&wb->ring);
-			size_t left = e->len - e->done;
-			io_uring_prep_write(sqe, fd, e->buf + e->done,
-					    (unsigned)(left < (1u << 30) ? left : (1u << 30)),
-					    e->off + e->done);
-			io_uring_sqe_set_data64(sqe, (uint64_t)(e - ext));
-			inflight++;
-		}
-		struct io_uring_cqe *cqe;
-		int rc = io_uring_submit_and_wait(&wb->ring, 1);
-		if (rc < 0 && rc != -EINTR && rc != -EAGAIN) {
-			/* The ring failed: whatever has not completed fails. */
-			for (unsigned i = 0; i < n; i++)
-				if (ext[i].done < ext[i].len)
-					ext_fail(items, &ext[i], rc);
-			return;
-		}
-		while (io_uring_peek_cqe(&wb->ring, &cqe) == 0) {
-			struct wext *e = &ext[io_uring_cqe_get_data64(cqe)];
-			int res = cqe->res;
-			io_uring_cqe_seen(&wb->ring, cqe);
-			inflight--;
-			if (res == -EINTR || res == -EAGAIN) {
-				queue[qn++] = (unsigned)(e - ext);
-			} else if (res <= 0) {
-				ext_fail(items, e, res ? res : -EIO);
-				e->done = e->len;
-			} else {
-				e->done += (size_t)res;
-				if (e->done < e->len)
-					queue[qn++] = (unsigned)(e - ext);
-			}
-		}
-	}
-}
-
-/* Writes back the dirty items of a batch. File stores: every page run of
- * every item, merged where adjacent in memory and in the file (units the
- * clock picked in order sit side by side in scratch), all in flight at
- * once. Custom stores: one call per run. Sets items[i].rc. */
-static void write_items(struct upager__wb *wb, struct upager__region *r,
-			struct item *items, size_t k)
-{
-	upager_store_t *s = r->store;
-	struct wext ext[MAX_EXT];
-	unsigned n = 0;
-	for (size_t i = 0; i < k; i++) {
-		struct item *it = &items[i];
-		if (!it->data || !(it->b & UNIT_DIRTY) || !r->writeback)
-			continue;
-		if (s->kind == UPAGER__STORE_CUSTOM) {
-			it->rc = write_unit(r, it);
-			continue;
-		}
-		size_t limit = r->length - ((size_t)it->u << r->page_shift);
-		size_t len = r->page_size < limit ? r->page_size : limit;
-		size_t npages = (len + PAGE - 1) / PAGE;
-		uint64_t base = r->offset + ((uint64_t)it->u << r->page_shift);
-		for (size_t p = 0; p < npages;) {
-			if (!(it->vec[p] & 1)) {
-				p++;
-				continue;
-			}
-			size_t q = p;
-			while (q < npages && (it->vec[q] & 1))
-				q++;
-			size_t a = p * PAGE, e = q * PAGE < len ? q * PAGE : len;
-			struct wext *last = n ? &ext[n - 1] : NULL;
-			if (last && last->buf + last->len == it->data + a &&
-			    last->off + last->len == base + a) {
-				last->len += e - a;
-				last->last = (unsigned)i;
-			} else {
-				if (n == MAX_EXT) {
-					ext_write(wb, s->wfd, ext, n, items);
-					n = 0;
-				}
-				ext[n++] = (struct wext){
-					.buf = it->data + a, .len = e - a,
-					.off = base + a, .first = (unsigned)i,
-					.last = (unsigned)i,
-				};
-			}
-			p = q;
-		}
-	}
-	if (n)
-		ext_write(wb, s->wfd, ext, n, items);
-}
-
 /* ---- one batch ---- */
 
 /* Claims up to n units (evict: any PRESENT one; else dirty ones). */
 static size_t claim(struct upager__region *r, const size_t *units, size_t n,
-		    bool evict, struct item *items)
+		    bool evict, struct wb_item *items)
 {
 	size_t k = 0;
 	for (size_t i = 0; i < n; i++) {
@@ -315,21 +146,21 @@ static size_t claim(struct upager__region *r, const size_t *units, size_t n,
 			unit_update(r->state, u, UNIT_BUSY, UNIT_PRESENT, 0, 0);
 			continue;
 		}
-		items[k++] = (struct item){ .u = u, .b = b };
+		items[k++] = (struct wb_item){ .u = u, .b = b };
 	}
 	return k;
 }
 
 /* Whether copying item @it out needs its bytes (else it is only
  * dropped, or left as it is). */
-static bool needs_data(const struct upager__region *r, const struct item *it)
+static bool needs_data(const struct upager__region *r, const struct wb_item *it)
 {
 	return (it->b & UNIT_DIRTY) && r->writeback;
 }
 
 /* Copies the pages of the item's unit that it->vec marks present to
  * @slot. */
-static void copy_pages(const struct upager__region *r, struct item *it,
+static void copy_pages(const struct upager__region *r, struct wb_item *it,
 		       char *slot)
 {
 	const char *src = (const char *)unit_addr(r, it->u);
@@ -345,7 +176,7 @@ static void copy_pages(const struct upager__region *r, struct item *it,
  * the pages that are there; eviction then zaps them. Sets it->data if it
  * used @slot. */
 static void copy_out(struct upager__wb *wb, struct upager__region *r,
-		     struct item *it, bool evict, char *slot)
+		     struct wb_item *it, bool evict, char *slot)
 {
 	upager_t *up = wb->up;
 	bool need_data = needs_data(r, it);
@@ -401,7 +232,7 @@ static void release_gap(upager_t *up, struct upager__region *r, size_t a,
  * @have bytes of the unit are at @slot, its place in the span, already.
  * Puts them back and copies the unit out into that place instead. */
 static void span_failed(struct upager__wb *wb, struct upager__region *r,
-			struct item *it, char *slot, size_t have)
+			struct wb_item *it, char *slot, size_t have)
 {
 	uintptr_t ua = unit_addr(r, it->u);
 	if (have && move_back(wb->up, ua, (uintptr_t)slot, have) != 0)
@@ -426,7 +257,7 @@ static bool claim_gap(upager_t *up, struct upager__region *r, size_t a,
 /* Copies out items[i..j), adjacent units already write-protected, page
  * by page where one mincore() says a page is there. */
 static void copy_run(struct upager__wb *wb, struct upager__region *r,
-		     struct item *items, size_t i, size_t j)
+		     struct wb_item *items, size_t i, size_t j)
 {
 	uintptr_t ua = unit_addr(r, items[i].u);
 	size_t len = (j - i) << r->page_shift, npages = r->page_size / PAGE;
@@ -451,7 +282,7 @@ static void copy_run(struct upager__wb *wb, struct upager__region *r,
  * more write-protect fault, which finds it dirty and un-protects it
  * (wp_claim: WP_MARKED). Then each run of adjacent items is copied. */
 static void copy_out_span(struct upager__wb *wb, struct upager__region *r,
-			  struct item *items, size_t i, size_t j)
+			  struct wb_item *items, size_t i, size_t j)
 {
 	uintptr_t ua = unit_addr(r, items[i].u);
 	size_t len = (items[j - 1].u - items[i].u + 1) << r->page_shift;
@@ -470,7 +301,7 @@ static void copy_out_span(struct upager__wb *wb, struct upager__region *r,
  * units protected at once). At entry the scratch area is empty and has
  * room for the k items (process()). */
 static void take_out_all(struct upager__wb *wb, struct upager__region *r,
-			 struct item *items, size_t k, bool evict)
+			 struct wb_item *items, size_t k, bool evict)
 {
 	if (!evict) {
 		for (size_t i = 0, j; i < k; i = j) {
@@ -516,7 +347,7 @@ static void take_out_all(struct upager__wb *wb, struct upager__region *r,
 		for (size_t q = i; q + 1 < j; q++)
 			release_gap(wb->up, r, items[q].u + 1, items[q + 1].u);
 		for (size_t q = i; q < j; q++) {
-			struct item *it = &items[q];
+			struct wb_item *it = &items[q];
 			size_t off = (it->u - first) << r->page_shift;
 			if (off + r->page_size > moved) {
 				span_failed(wb, r, it, slot + off,
@@ -534,7 +365,7 @@ static void take_out_all(struct upager__wb *wb, struct upager__region *r,
 
 /* Ends the work on a unit: state, accounting, wake. */
 static void settle(struct upager__wb *wb, struct upager__region *r,
-		   struct item *it, bool evict)
+		   struct wb_item *it, bool evict)
 {
 	upager_t *up = wb->up;
 	uintptr_t ua = unit_addr(r, it->u);
@@ -596,7 +427,7 @@ static void scratch_reset(struct upager__wb *wb)
 static int process(struct upager__wb *wb, struct upager__region *r,
 		   const size_t *units, size_t n, bool evict)
 {
-	struct item items[BATCH];
+	struct wb_item items[BATCH];
 	int first_err = 0;
 	size_t per = SCRATCH / r->page_size;
 	if (per > BATCH)
@@ -606,9 +437,9 @@ static int process(struct upager__wb *wb, struct upager__region *r,
 		size_t k = claim(r, units + done, take, evict, items);
 		done += take;
 		take_out_all(wb, r, items, k, evict);
-		write_items(wb, r, items, k);
+		upager__wb_write_items(&wb->ring, r, items, k);
 		for (size_t i = 0; i < k; i++) {
-			struct item *it = &items[i];
+			struct wb_item *it = &items[i];
 			if (!it->data || !(it->b & UNIT_DIRTY) || !r->writeback)
 				continue;
 			if (it->rc) {
@@ -919,7 +750,7 @@ int upager__wb_start(upager_t *up)
 	pthread_mutex_init(&wb->lock, NULL);
 	pthread_cond_init(&wb->cv, NULL);
 	pthread_cond_init(&wb->done_cv, NULL);
-	int rc = io_uring_queue_init(RING, &wb->ring, 0);
+	int rc = io_uring_queue_init(WB_RING, &wb->ring, 0);
 	if (rc < 0)
 		goto fail;
 	wb->ring_ok = true;
