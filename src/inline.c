@@ -161,18 +161,14 @@ static bool page_resident(uintptr_t a)
 	       (v & 1);
 }
 
-/* Whether a fault on unit u of r continues a stream: the advice says so,
- * or the previous fault was on the unit before, or u lies inside what
- * inline readahead queued (the reader caught up with it, or reached the
- * unit left out halfway). */
+/* Whether a fault on unit u of r continues a stream, by the inline
+ * faults' own record (any thread: read atomically). */
 static bool on_stream(struct upager__region *r, size_t u)
 {
-	int adv = atomic_load(&r->advice);
-	if (adv == UPAGER_ADV_RANDOM || adv == UPAGER_ADV_SEQUENTIAL)
-		return adv == UPAGER_ADV_SEQUENTIAL;
-	size_t last = __atomic_load_n(&r->last_fault, __ATOMIC_RELAXED);
-	size_t q = __atomic_load_n(&r->inline_ra, __ATOMIC_RELAXED);
-	return last + 1 == u || (u > last && u <= q);
+	return upager__stream_continues(
+		atomic_load(&r->advice),
+		__atomic_load_n(&r->last_fault, __ATOMIC_RELAXED),
+		__atomic_load_n(&r->inline_ra, __ATOMIC_RELAXED), u);
 }
 
 /* Whether unit byte b may join a run a fault reads: EMPTY, or queued for

@@ -303,6 +303,20 @@ void upager__manager_barrier(upager_t *up) UPAGER__HIDDEN;
 
 /* ---- readahead (readahead.c) ---- */
 
+/* Whether a fault on unit u continues a sequential stream, under advice
+ * adv: SEQUENTIAL says so (RANDOM says no); otherwise the previous fault
+ * (last) was on the unit before, or u lies inside what the stream's
+ * readahead has queued, up to queued (the application caught up with
+ * it, or reached the unit left out halfway). The manager passes its own
+ * last_fault and ra_next, inline faults theirs. */
+static inline bool upager__stream_continues(int adv, size_t last,
+					    size_t queued, size_t u)
+{
+	if (adv == UPAGER_ADV_RANDOM || adv == UPAGER_ADV_SEQUENTIAL)
+		return adv == UPAGER_ADV_SEQUENTIAL;
+	return last + 1 == u || (u > last && u <= queued);
+}
+
 /* Queues units [first, first+count) of r for prefetch; units not EMPTY are
  * skipped. wait: block while the queue is full (else drop what does not
  * fit). Caller must keep r alive. Returns units queued. */

@@ -193,6 +193,25 @@ static void unprotect_ahead(struct upager__space *sp, struct upager__region *r,
 	r->wp_next = b;
 }
 
+/* Queues the stretch [start, end) of a stream whose window is win units,
+ * those before wend for writing (queue_span). Asynchronous readahead: the
+ * unit halfway through the stretch is left out. The application faults
+ * there while half of the window is still ahead of it, and that fault
+ * queues the next stretch, so reads keep running ahead of a sequential
+ * reader instead of it stalling at the end of every window. A short
+ * stretch gets no such unit: the stream faults often enough without it (a
+ * writer meeting clean units it must un-protect), and each left-out unit
+ * would cost one more read the stream waits for. */
+static void queue_window(upager_t *up, struct upager__region *r, size_t start,
+			 size_t end, size_t win, size_t wend)
+{
+	size_t n = end - start;
+	size_t mark = n >= 4 && n >= win / 4 ? start + n / 2 : end;
+	queue_span(up, r, start, mark, wend);
+	if (mark + 1 < end)
+		queue_span(up, r, mark + 1, end, wend);
+}
+
 size_t upager__fault_readahead(upager_t *up, struct upager__region *r,
 			       size_t u, bool write, bool *stream)
 {
@@ -201,11 +220,7 @@ size_t upager__fault_readahead(upager_t *up, struct upager__region *r,
 	size_t win = ra_window(r, adv);
 	if (win == 0)
 		return u + 1;
-	/* Sequential: the next unit, or a unit inside the window already
-	 * queued (the application caught up with it). */
-	bool seq = adv == UPAGER_ADV_SEQUENTIAL ||
-		   u == r->last_fault + 1 ||
-		   (u > r->last_fault && u <= r->ra_next);
+	bool seq = upager__stream_continues(adv, r->last_fault, r->ra_next, u);
 	r->last_fault = u;
 	if (!seq)
 		return u + 1;
@@ -233,19 +248,7 @@ size_t upager__fault_readahead(upager_t *up, struct upager__region *r,
 	size_t start = u + 1 > r->ra_next ? u + 1 : r->ra_next;
 	if (start >= end)
 		return wend;
-	/* Asynchronous readahead: the unit halfway through what is newly
-	 * queued is left out. The application faults there while half of
-	 * the window is still ahead of it, and that fault queues the next
-	 * stretch, so reads keep running ahead of a sequential reader
-	 * instead of it stalling at the end of every window. A short
-	 * stretch gets no such unit: the stream faults often enough without
-	 * it (a writer meeting clean units it must un-protect), and each
-	 * left-out unit would cost one more read the stream waits for. */
-	size_t n = end - start;
-	size_t mark = n >= 4 && n >= win / 4 ? start + n / 2 : end;
-	queue_span(up, r, start, mark, wend);
-	if (mark + 1 < end)
-		queue_span(up, r, mark + 1, end, wend);
+	queue_window(up, r, start, end, win, wend);
 	r->ra_next = end;
 	return wend;
 }
@@ -255,9 +258,9 @@ size_t upager__fault_readahead(upager_t *up, struct upager__region *r,
  * fault reads itself. Once less than half a window is left queued ahead
  * of @next, queues for the workers from the end of what inline readahead
  * queued before (from @next after a jump, or on an earlier pass's) to one
- * window past @next, leaving out the unit halfway as fault_readahead
- * does: the reader faults there and queues the next stretch while half
- * of this one is still ahead. Threads race for a stretch with one
+ * window past @next, leaving out the unit halfway (queue_window): the
+ * reader faults there and queues the next stretch while half of this one
+ * is still ahead. Threads race for a stretch with one
  * compare-and-swap; the loser queues nothing. Called in the SIGBUS
  * handler: prefetch_run without waiting for room takes only the queue
  * lock, which no thread holds while it touches region memory. */
@@ -277,9 +280,5 @@ void upager__inline_readahead(upager_t *up, struct upager__region *r,
 	    !__atomic_compare_exchange_n(&r->inline_ra, &q, end, false,
 					 __ATOMIC_RELAXED, __ATOMIC_RELAXED))
 		return;
-	size_t n = end - start;
-	size_t mark = n >= 4 && n >= win / 4 ? start + n / 2 : end;
-	prefetch_run(up, r, start, mark - start, false, false);
-	if (mark + 1 < end)
-		prefetch_run(up, r, mark + 1, end - mark - 1, false, false);
+	queue_window(up, r, start, end, win, start); /* nothing for writing */
 }
