@@ -80,8 +80,12 @@ static void test_inline_sequential_runs(void **state)
 	size_t nunits = tu_round_up(FILE_LEN, 4096) / 4096;
 	tu_print_stats("seq", &st);
 	assert_int_equal(st.pages_installed, nunits);
-	/* 64 KiB a fault at most: 16 units. */
-	assert_true(st.faults * 8 <= nunits);
+	/* A fault reads 64 KiB (16 units) itself; one that meets a
+	 * worker's readahead read in flight waits for it in the handler,
+	 * counted once. */
+	if (st.faults * 8 > nunits)
+		fail_msg("%" PRIu64 " faults for a sequential scan of %zu units",
+			 st.faults, nunits);
 	assert_true(tu_check(&ref, a, 0, FILE_LEN));
 	assert_int_equal(tu_stats(up, a).faults, st.faults);
 	TU_OK(upager_unmap(up, a));

@@ -308,15 +308,17 @@ void tu_print_stats(const char *what, const struct upager_stats *st)
 
 /* ---- time, randomness, threads, children ---- */
 
-pid_t tu_thread_tid(const char *name)
+/* Calls @fn with each thread of this process and its comm (no newline)
+ * until it returns non-zero; returns that value, or 0. */
+static pid_t each_task(pid_t (*fn)(pid_t tid, const char *comm, void *arg),
+		       void *arg)
 {
 	DIR *d = opendir("/proc/self/task");
 	if (!d)
 		return 0;
-	size_t len = strlen(name);
-	pid_t found = 0;
+	pid_t ret = 0;
 	struct dirent *e;
-	while (!found && (e = readdir(d))) {
+	while (!ret && (e = readdir(d))) {
 		if (e->d_name[0] == '.')
 			continue;
 		char path[300], comm[64] = "";
@@ -324,14 +326,57 @@ pid_t tu_thread_tid(const char *name)
 			 e->d_name);
 		FILE *f = fopen(path, "r");
 		if (!f)
-			continue;
-		if (fgets(comm, sizeof(comm), f) &&
-		    strncmp(comm, name, len) == 0 && comm[len] == '\n')
-			found = (pid_t)atoi(e->d_name);
+			continue; /* exited meanwhile */
+		if (fgets(comm, sizeof(comm), f)) {
+			comm[strcspn(comm, "\n")] = '\0';
+			ret = fn((pid_t)atoi(e->d_name), comm, arg);
+		}
 		fclose(f);
 	}
 	closedir(d);
-	return found;
+	return ret;
+}
+
+static pid_t match_name(pid_t tid, const char *comm, void *arg)
+{
+	return strcmp(comm, arg) == 0 ? tid : 0;
+}
+
+pid_t tu_thread_tid(const char *name)
+{
+	return each_task(match_name, (void *)name);
+}
+
+struct thread_count {
+	const char *prefix;
+	size_t n;
+};
+
+static pid_t count_thread(pid_t tid, const char *comm, void *arg)
+{
+	(void)tid;
+	struct thread_count *c = arg;
+	if (c->prefix ? strncmp(comm, c->prefix, strlen(c->prefix)) == 0 :
+			strncmp(comm, "iou-", 4) != 0)
+		c->n++;
+	return 0;
+}
+
+size_t tu_count_threads(const char *prefix)
+{
+	struct thread_count c = { .prefix = prefix, .n = 0 };
+	each_task(count_thread, &c);
+	return c.n;
+}
+
+size_t tu_wait_threads(const char *prefix, size_t most)
+{
+	size_t n = tu_count_threads(prefix);
+	for (int i = 0; i < 200 && n > most; i++) {
+		tu_sleep_ms(10);
+		n = tu_count_threads(prefix);
+	}
+	return n;
 }
 
 uint64_t tu_now_ns(void)

@@ -134,6 +134,15 @@ void tu_sleep_ms(unsigned ms);
 /* The thread of this process named @name (its comm, e.g. "upager-mgr"),
  * or 0 if there is none; with several, any one of them. */
 pid_t tu_thread_tid(const char *name);
+/* The threads of this process whose comm starts with @prefix; with NULL,
+ * all but io_uring's own workers ("iou-wrk-N", "iou-sqp-N"): those
+ * belong to the kernel and leave on their own time after their ring is
+ * closed, so a count taken just after one test may still see them. */
+size_t tu_count_threads(const char *prefix);
+/* tu_count_threads(@prefix) once it is at most @most, or after 2 s. A
+ * thread pthread_join() has returned for is still listed for a moment
+ * (the kernel wakes the joiner before it removes the thread). */
+size_t tu_wait_threads(const char *prefix, size_t most);
 /* xorshift64* step; *state must be non-zero. */
 uint64_t tu_rand(uint64_t *state);
 /* Fisher-Yates shuffle of @n indices with seed @seed (0..n-1 on entry
