@@ -47,6 +47,7 @@
 #define ALIGN 4096u
 #define WAIT_US 20
 #define PRESENT_WAIT_NS (50ull * 1000 * 1000) /* see serve_unit() */
+#define BUSY_WAIT_NS (50ull * 1000 * 1000)    /* see serve_unit() */
 #define ROOM_WAIT_ROUNDS 1000 /* x 50 us: the bound of wb_wait_room() */
 
 /* Attached runtimes; the handler reads them with `active` raised, detach
@@ -378,7 +379,7 @@ static enum outcome serve_unit(struct upager__region *r, uintptr_t addr,
 			       const void *uc)
 {
 	upager_t *up = r->up;
-	uint64_t t0 = upager__now_ns(), present_since = 0;
+	uint64_t t0 = upager__now_ns(), present_since = 0, busy_since = 0;
 	size_t u = (addr - region_base(r)) >> r->page_shift;
 	struct access acc = fault_access(uc);
 	bool write = acc.write, first = true;
@@ -408,9 +409,18 @@ static enum outcome serve_unit(struct upager__region *r, uintptr_t addr,
 				return SERVED;
 			}
 			/* Its owner (a worker, another thread, the
-			 * write-back thread) installs or releases it. */
+			 * write-back thread) installs or releases it. Wait
+			 * for that here: faulting again would cost a signal
+			 * a round and count as one more fault. Past a bound
+			 * (or with the region going away) fault again. */
+			uint64_t now = upager__now_ns();
+			if (!busy_since)
+				busy_since = now;
+			if (now - busy_since >= BUSY_WAIT_NS ||
+			    atomic_load(&r->dead) || atomic_load(&up->stopping))
+				return SERVED;
 			pause_us(WAIT_US);
-			return SERVED;
+			continue;
 		default: /* PRESENT */
 			break;
 		}
