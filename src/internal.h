@@ -163,6 +163,7 @@ struct upager__region {
 	atomic_uint refs;
 	atomic_bool dead;     /* upager_unmap has started */
 	atomic_bool app_unmapped; /* the application munmapped the whole range */
+	atomic_bool no_move;  /* UFFDIO_MOVE refused its installs (uffd.c) */
 
 	/* Write-back and budget. */
 	bool writeback;       /* UPAGER_MAP_WRITEBACK */
@@ -368,7 +369,10 @@ int upager__uffd_poison(int fd, uintptr_t dst, size_t len, size_t *done) UPAGER_
  * caller wakes the units once their state and counters say they are in,
  * so that a woken thread never sees stale counters. Returns 0, or -errno
  * when the range is gone or the runtime stops. */
-enum upager__fill { FILL_COPY, FILL_ZERO, FILL_POISON };
+/* FILL_MOVE: src is private anonymous memory of this process (a worker's
+ * read buffer), whose pages are moved into the region rather than
+ * copied; it falls back to FILL_COPY where the kernel will not move. */
+enum upager__fill { FILL_COPY, FILL_MOVE, FILL_ZERO, FILL_POISON };
 /* True on the manager thread (which must never wait for an event to be
  * read: it is the one that reads them). */
 extern _Thread_local bool upager__on_manager UPAGER__HIDDEN;

@@ -228,6 +228,15 @@ int upager_map(upager_t *up, upager_store_t *store, uint64_t offset,
 		rc = -errno;
 		goto fail_advise;
 	}
+	/* 2 MiB units of a region without write-protection are moved in
+	 * whole from the workers' huge read buffers (worker.c, moves()),
+	 * which the kernel does as one page table entry only where the
+	 * range has no page table yet. A fault in a range the kernel may
+	 * give huge pages to leaves none; elsewhere it leaves an empty one
+	 * behind and the move goes 4 KiB page by page. Advisory: without
+	 * transparent huge pages, units are copied. */
+	if (r->page_size == UPAGER_PAGE_SIZE_MAX && !r->wp)
+		(void)madvise(mem, r->span, MADV_HUGEPAGE);
 	rc = upager__uffd_register_mode(up->home.uffd, r->base, r->span,
 			UFFDIO_REGISTER_MODE_MISSING |
 			(r->wp ? UFFDIO_REGISTER_MODE_WP : 0));

@@ -212,17 +212,23 @@ int upager__uffd_poison(int fd, uintptr_t dst, size_t len, size_t *done)
 	return uffd_poison_mode(fd, dst, len, 0, done);
 }
 
-int upager__uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len,
-		      size_t *done)
+static int uffd_move_mode(int fd, uintptr_t dst, uintptr_t src, size_t len,
+			  uint64_t mode, size_t *done)
 {
 	struct uffdio_move m = {
-		.dst = dst, .src = src, .len = len,
-		.mode = UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES |
-			UFFDIO_MOVE_MODE_DONTWAKE,
+		.dst = dst, .src = src, .len = len, .mode = mode,
 	};
 	int rc = ioctl(fd, UFFDIO_MOVE, &m) ? -errno : 0;
 	*done = rc ? clamp_done(m.move) : len;
 	return rc;
+}
+
+int upager__uffd_move(int fd, uintptr_t dst, uintptr_t src, size_t len,
+		      size_t *done)
+{
+	return uffd_move_mode(fd, dst, src, len,
+			      UFFDIO_MOVE_MODE_ALLOW_SRC_HOLES |
+			      UFFDIO_MOVE_MODE_DONTWAKE, done);
 }
 
 static void backoff(unsigned *us)
@@ -271,6 +277,13 @@ int upager__install(struct upager__region *r, size_t unit, size_t count,
 					    (wp ? UFFDIO_COPY_MODE_WP : 0),
 					    &done);
 			break;
+		case FILL_MOVE:
+			/* No holes allowed: every page of a read buffer was
+			 * written, and a hole would leave the unit short. */
+			rc = uffd_move_mode(fd, dst + off,
+					    (uintptr_t)src + off, len - off,
+					    UFFDIO_MOVE_MODE_DONTWAKE, &done);
+			break;
 		case FILL_ZERO:
 			rc = uffd_zero_mode(fd, dst + off, len - off,
 					    UFFDIO_ZEROPAGE_MODE_DONTWAKE, &done);
@@ -290,6 +303,17 @@ int upager__install(struct upager__region *r, size_t unit, size_t count,
 			/* A racing install or a page the application kept:
 			 * leave it, fill the rest. */
 			off += PAGE;
+			continue;
+		}
+		if (how == FILL_MOVE && rc != -EAGAIN) {
+			/* The rest is copied: the pages not moved are still
+			 * in src. EINVAL and EPERM are the region's for
+			 * good (its vma differs from the buffer's: other
+			 * protection, mlock); the rest (a page shared or
+			 * pinned: EBUSY; a hole: ENOENT) this unit's. */
+			if (rc == -EINVAL || rc == -EPERM)
+				atomic_store(&r->no_move, true);
+			how = FILL_COPY;
 			continue;
 		}
 		if (rc == -EAGAIN || rc == -ENOENT) {

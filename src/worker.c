@@ -5,7 +5,9 @@
  * (at most queue_depth) whose buffers come from a fixed arena, so
  * a worker's memory is bounded whatever the load. It takes demand fetches
  * first, then prefetch batches, keeps as many reads in flight as it has
- * slots, and installs each unit as its read completes.
+ * slots, and installs each unit as its read completes. A whole 2 MiB
+ * unit is read into a huge page of its own and moved into the region
+ * rather than copied (moves()).
  *
  * Sleeping: a worker blocks only inside io_uring_submit_and_wait(), with a
  * read on its eventfd always armed in the ring. Before blocking it sets
@@ -20,6 +22,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <fcntl.h>
 #include <liburing.h>
 #include <poll.h>
 #include <signal.h>
@@ -34,6 +37,8 @@
 
 #define ARENA_BYTES (4u << 20) /* read buffers of one worker */
 #define ARENA_PAGES (ARENA_BYTES / 4096)
+#define HUGE_BYTES (2u << 20)  /* a PMD-mapped transparent huge page */
+#define HUGE_SLOTS 4u          /* huge read buffers of one worker */
 #define RUN_BYTES (1u << 20)   /* largest prefetch read */
 #define MANAGER_INFLIGHT 2u    /* demand reads the manager does itself */
 #define MANAGER_SYNC_MAX (64u << 10) /* in-memory reads it does itself */
@@ -70,9 +75,15 @@ struct upager__worker {
 	int free_head;
 	unsigned inflight;
 	/* Read buffers come from one arena per worker, so a worker's buffer
-	 * memory is bounded (ARENA_BYTES) whatever the mix of unit sizes. */
+	 * memory is bounded (ARENA_BYTES, and the huge slots below) whatever
+	 * the mix of unit sizes. */
 	char *arena;
 	uint64_t used[ARENA_PAGES / 64]; /* bitmap of arena pages in use */
+	/* Reads of one 2 MiB unit go to a huge page of their own where
+	 * they can, whose page is then moved into the region, not copied
+	 * (see moves()). Empty but while a read is in flight. */
+	char *huge;         /* HUGE_SLOTS huge pages, or NULL */
+	unsigned huge_used; /* bitmap */
 	struct upager__req held; /* demand fetch taken, waiting for a slot */
 	bool has_held;
 	struct upager__pf cur; /* prefetch batch being worked through */
@@ -135,6 +146,67 @@ static void arena_free(struct upager__worker *w, char *buf, size_t n)
 static bool arena_fits(const struct upager__worker *w, size_t n)
 {
 	return arena_find(w, n) < ARENA_PAGES;
+}
+
+/* Whether a read of units [u, u+n) of r goes to a huge slot, to be moved
+ * into the region with UFFDIO_MOVE: one whole 2 MiB unit from the start
+ * of a page of the store, in a region of this process's own whose pages
+ * need no write-protection (a write-protected region's vma has another
+ * page protection than the buffer's, and the kernel moves pages only
+ * between vmas that agree), and where moving has not failed before. A
+ * huge page moves as one page table entry: no copy, no 512 page
+ * allocations; moving 512 small pages is slower than copying them, so
+ * smaller units are copied. */
+static bool moves(const struct upager__worker *w, const struct upager__region *r,
+		  size_t n, size_t skip)
+{
+	return w->huge && skip == 0 && (n << r->page_shift) == HUGE_BYTES &&
+	       !r->wp && r->sp->local && r->sp->caps.move &&
+	       !atomic_load_explicit(&r->no_move, memory_order_relaxed);
+}
+
+static bool huge_free(const struct upager__worker *w)
+{
+	return w->huge_used != (1u << HUGE_SLOTS) - 1;
+}
+
+static bool in_huge(const struct upager__worker *w, const char *p)
+{
+	return w->huge && p >= w->huge && p < w->huge + HUGE_SLOTS * HUGE_BYTES;
+}
+
+/* A read buffer of np pages for units [u, u+n) of r: a huge slot where
+ * moves() says so and one is free, else arena pages; NULL if neither. */
+static char *buf_alloc(struct upager__worker *w, const struct upager__region *r,
+		       size_t n, size_t skip, size_t np)
+{
+	if (moves(w, r, n, skip) && huge_free(w)) {
+		unsigned i = (unsigned)__builtin_ctz(~w->huge_used);
+		w->huge_used |= 1u << i;
+		char *p = w->huge + (size_t)i * HUGE_BYTES;
+		/* Its huge page, allocated here rather than by the
+		 * kernel's copy into it in the middle of the read. */
+		*(volatile char *)p = 0;
+		return p;
+	}
+	return arena_alloc(w, np);
+}
+
+static void buf_free(struct upager__worker *w, char *buf, size_t np)
+{
+	if (!in_huge(w, buf)) {
+		arena_free(w, buf, np);
+		return;
+	}
+	size_t i = (size_t)(buf - w->huge) / HUGE_BYTES;
+	w->huge_used &= ~(1u << i);
+}
+
+static bool buf_fits(const struct upager__worker *w,
+		     const struct upager__region *r, size_t n, size_t skip,
+		     size_t np)
+{
+	return (moves(w, r, n, skip) && huge_free(w)) || arena_fits(w, np);
 }
 
 static bool all_zero(const char *p, size_t n)
@@ -286,9 +358,10 @@ static void finish(struct upager__worker *w, const struct upager__req *j,
 		/* Installed without waking; counted; then woken: a thread
 		 * that has seen its data sees it counted, and whoever waits
 		 * for a count finds the pages there. */
+		enum upager__fill how = zero ? FILL_ZERO :
+					in_huge(w, data) ? FILL_MOVE : FILL_COPY;
 		int rc = upager__install(r, j->unit + i, k,
-					 zero ? NULL : data + i * ps,
-					 zero ? FILL_ZERO : FILL_COPY, wp);
+					 zero ? NULL : data + i * ps, how, wp);
 		if (rc == -EAGAIN && w->manager) {
 			/* An event is unread and the manager is the one to
 			 * read it: a worker installs this job instead. */
@@ -302,6 +375,11 @@ static void finish(struct upager__worker *w, const struct upager__req *j,
 				   ((j->unit + i) << r->page_shift), k * ps);
 		i += k;
 	}
+	/* Moved, a huge slot is empty; where the kernel declined (or for
+	 * zeros) its page goes now, so that the slots hold memory only
+	 * while a read is in flight. */
+	if (in_huge(w, data))
+		madvise((void *)data, HUGE_BYTES, MADV_DONTNEED);
 out:
 	upager__region_put(r);
 }
@@ -357,7 +435,7 @@ static void run_custom(struct upager__worker *w, const struct upager__req *j,
 	size_t len = job_units(j) << r->page_shift, np = len / 4096;
 	if (s->ops.map && run_mapped(w, j, want))
 		return;
-	char *buf = arena_alloc(w, np);
+	char *buf = buf_alloc(w, r, job_units(j), 0, np);
 	int rc = buf ? 0 : -ENOMEM;
 	if (rc == 0 && want)
 		rc = s->ops.read(s->ctx, buf, want,
@@ -371,7 +449,7 @@ static void run_custom(struct upager__worker *w, const struct upager__req *j,
 		finish(w, j, buf, want);
 	}
 	if (buf)
-		arena_free(w, buf, np);
+		buf_free(w, buf, np);
 }
 
 static struct io_uring_sqe *get_sqe(struct upager__worker *w)
@@ -392,6 +470,22 @@ static void submit_read(struct upager__worker *w, struct slot *sl)
 	io_uring_sqe_set_data64(sqe, (uint64_t)(sl - w->slots) + 1);
 }
 
+/* The arena pages a read of units [u, u+n) of r takes: the units, and
+ * with O_DIRECT from a store offset inside a page, the bytes before it
+ * in that page (*skip, when asked for). */
+static size_t read_pages(const struct upager__region *r, size_t u, size_t n,
+			 size_t *skip)
+{
+	size_t sk = 0;
+	if (r->store->kind != UPAGER__STORE_CUSTOM &&
+	    (r->store->flags & UPAGER_STORE_DIRECT))
+		sk = (size_t)((r->offset + ((uint64_t)u << r->page_shift)) &
+			      (ALIGN - 1));
+	if (skip)
+		*skip = sk;
+	return round_up(sk + (n << r->page_shift), ALIGN) / 4096;
+}
+
 /* Whether start() can take n units of r from u now: a read needs a free
  * slot and room in the worker's byte budget (one read is always
  * allowed). */
@@ -400,11 +494,11 @@ static bool can_start(struct upager__worker *w, const struct upager__region *r,
 {
 	if (atomic_load(&r->dead) || upager__run_want(r, u, n) == 0)
 		return true;
-	/* Room for the units plus the alignment page of O_DIRECT. */
-	size_t np = (n << r->page_shift) / 4096 + 1;
+	size_t skip;
+	size_t np = read_pages(r, u, n, &skip);
 	if (r->store->kind == UPAGER__STORE_CUSTOM)
-		return arena_fits(w, np);
-	return w->free_head >= 0 && arena_fits(w, np);
+		return buf_fits(w, r, n, skip, np);
+	return w->free_head >= 0 && buf_fits(w, r, n, skip, np);
 }
 
 /* Starts the fetch j; the job's region reference passes to the fetch.
@@ -433,22 +527,14 @@ static bool start(struct upager__worker *w, const struct upager__req *j)
 	if (!can_start(w, r, u, n))
 		return false;
 	struct slot *sl = &w->slots[w->free_head];
-	size_t len = n << r->page_shift;
 	uint64_t off = r->offset + ((uint64_t)u << r->page_shift);
-	if (r->store->flags & UPAGER_STORE_DIRECT) {
-		sl->foff = off & ~(uint64_t)(ALIGN - 1);
-		sl->skip = (size_t)(off - sl->foff);
-		sl->io_len = round_up(sl->skip + want, ALIGN);
-	} else {
-		sl->foff = off;
-		sl->skip = 0;
-		sl->io_len = want;
-	}
-	size_t need = round_up(sl->skip + len, ALIGN);
-	if (need < sl->io_len)
-		need = sl->io_len;
-	sl->pages = need / 4096;
-	sl->buf = arena_alloc(w, sl->pages); /* fits: can_start said so */
+	sl->pages = read_pages(r, u, n, &sl->skip);
+	sl->foff = off - sl->skip;
+	/* O_DIRECT reads whole pages: at most sl->pages of them. */
+	sl->io_len = r->store->flags & UPAGER_STORE_DIRECT ?
+		     round_up(sl->skip + want, ALIGN) : want;
+	/* Fits: can_start said so. */
+	sl->buf = buf_alloc(w, r, n, sl->skip, sl->pages);
 	w->free_head = sl->next_free;
 	sl->job = *j;
 	sl->want = want;
@@ -461,7 +547,7 @@ static bool start(struct upager__worker *w, const struct upager__req *j)
 static void release_slot(struct upager__worker *w, struct slot *sl)
 {
 	w->inflight--;
-	arena_free(w, sl->buf, sl->pages);
+	buf_free(w, sl->buf, sl->pages);
 	sl->job.r = NULL;
 	sl->next_free = w->free_head;
 	w->free_head = (int)(sl - w->slots);
@@ -773,6 +859,48 @@ static void worker_free(struct upager__worker *w)
 	free(w->slots);
 	if (w->arena)
 		munmap(w->arena, ARENA_BYTES);
+	if (w->huge)
+		munmap(w->huge, HUGE_SLOTS * HUGE_BYTES);
+}
+
+/* Whether the kernel gives transparent huge pages to a range advised
+ * MADV_HUGEPAGE ("always" or "madvise"; not "never", nor without THP). */
+static bool thp_advisable(void)
+{
+	char buf[64] = "";
+	int fd = open("/sys/kernel/mm/transparent_hugepage/enabled",
+		      O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false;
+	ssize_t n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return false;
+	return strstr(buf, "[always]") || strstr(buf, "[madvise]");
+}
+
+/* The huge slots: HUGE_SLOTS huge pages, aligned, advised MADV_HUGEPAGE
+ * and MADV_DONTFORK (a child sharing a page would make the kernel refuse
+ * to move it). NULL where there are no huge pages to be had or no
+ * memory: reads then all go to the arena. */
+static char *huge_slots(void)
+{
+	if (!thp_advisable())
+		return NULL;
+	size_t len = HUGE_SLOTS * HUGE_BYTES;
+	char *p = mmap(NULL, len + HUGE_BYTES, PROT_READ | PROT_WRITE,
+		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (p == MAP_FAILED)
+		return NULL;
+	char *a = (char *)round_up((uintptr_t)p, HUGE_BYTES);
+	if (a > p)
+		munmap(p, (size_t)(a - p));
+	munmap(a + len, HUGE_BYTES - (size_t)(a - p));
+	if (madvise(a, len, MADV_HUGEPAGE) || madvise(a, len, MADV_DONTFORK)) {
+		munmap(a, len);
+		return NULL;
+	}
+	return a;
 }
 
 static int worker_init(upager_t *up, struct upager__worker *w)
@@ -791,6 +919,7 @@ static int worker_init(upager_t *up, struct upager__worker *w)
 		w->arena = NULL;
 		return -ENOMEM;
 	}
+	w->huge = huge_slots();
 	for (unsigned i = 0; i < w->nslots; i++)
 		w->slots[i].next_free = i + 1 < w->nslots ? (int)i + 1 : -1;
 	w->free_head = 0;

@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #define FILE_SIZE (16 * TU_MIB)
@@ -303,6 +304,42 @@ static void test_direct_store(void **state)
 		}
 }
 
+/* 2 MiB units are moved into the region whole from the workers' huge
+ * read buffers where the kernel allows it, and copied where it does not:
+ * it moves pages only between vmas that agree on protection and mlock, so
+ * a range the application made read-only or locked (on fault) gets its
+ * units copied. Each reads as the store, each unit installed once. */
+static void test_huge_units_moved_or_copied(void **state)
+{
+	(void)state;
+	need_file();
+	const size_t page = 2 * TU_MIB, n = FILE_SIZE / page;
+	struct tu_ref ref = { .fd = data_fd, .length = FILE_SIZE,
+			      .store_size = FILE_SIZE };
+	upager_t *up = tu_runtime(NULL);
+	for (int k = 0; k < 3; k++) {
+		upager_store_t *s = tu_store_file(data_path, 0);
+		uint8_t *a = tu_map(up, s, 0, FILE_SIZE, page,
+				    k == 0 ? 4 * TU_MIB : 0);
+		upager_store_release(s);
+		if (k == 1)
+			assert_int_equal(mprotect(a, FILE_SIZE, PROT_READ), 0);
+		if (k == 2)
+			assert_int_equal(mlock2(a, FILE_SIZE, MLOCK_ONFAULT), 0);
+		tu_scan_units(&ref, a, page, n, 4, k != 0, 31 + k);
+		assert_true(tu_check(&ref, a, 0, FILE_SIZE));
+		struct upager_stats st = tu_stats_settled(up, a);
+		tu_print_stats(k == 0 ? "moved" : k == 1 ? "read-only" : "locked",
+			       &st);
+		assert_int_equal(st.pages_installed, n);
+		assert_int_equal(st.read_errors, 0);
+		if (k == 2)
+			assert_int_equal(munlock(a, FILE_SIZE), 0);
+		TU_OK(upager_unmap(up, a));
+	}
+	upager_destroy(up);
+}
+
 static void test_custom_store(void **state)
 {
 	(void)state;
@@ -422,6 +459,7 @@ static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(test_region_ending_at_end_of_file),
 	cmocka_unit_test(test_readahead),
 	cmocka_unit_test(test_direct_store),
+	cmocka_unit_test(test_huge_units_moved_or_copied),
 	cmocka_unit_test(test_custom_store),
 	cmocka_unit_test(test_concurrent_faults_fetch_each_unit_once),
 };
