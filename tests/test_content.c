@@ -304,8 +304,9 @@ static void test_direct_store(void **state)
 		}
 }
 
-/* 2 MiB units are moved into the region whole from the workers' huge
- * read buffers where the kernel allows it, and copied where it does not:
+/* 2 MiB units of an O_DIRECT store are moved into the region whole from
+ * the workers' huge read buffers where the kernel allows it, and copied
+ * where it does not:
  * it moves pages only between vmas that agree on protection and mlock, so
  * a range the application made read-only or locked (on fault) gets its
  * units copied. Each reads as the store, each unit installed once. */
@@ -318,7 +319,8 @@ static void test_huge_units_moved_or_copied(void **state)
 			      .store_size = FILE_SIZE };
 	upager_t *up = tu_runtime(NULL);
 	for (int k = 0; k < 3; k++) {
-		upager_store_t *s = tu_store_file(data_path, 0);
+		upager_store_t *s = tu_store_file(data_path,
+						  UPAGER_STORE_DIRECT);
 		uint8_t *a = tu_map(up, s, 0, FILE_SIZE, page,
 				    k == 0 ? 4 * TU_MIB : 0);
 		upager_store_release(s);
