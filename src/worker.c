@@ -153,13 +153,12 @@ static bool arena_fits(const struct upager__worker *w, size_t n)
  * of a page of an O_DIRECT or custom store (a buffered file store's
  * scans measured 8% slower with it, the kernel's copy out of the page
  * cache and the huge page's clearing both left on the read's path), in
- * a region of this process's own whose pages
- * need no write-protection (a write-protected region's vma has another
- * page protection than the buffer's, and the kernel moves pages only
- * between vmas that agree), and where moving has not failed before. A
- * huge page moves as one page table entry: no copy, no 512 page
- * allocations; moving 512 small pages is slower than copying them, so
- * smaller units are copied. */
+ * a region of this process's own whose pages need no write-protection
+ * (a write-protected region's vma has another page protection than the
+ * buffer's, and the kernel moves pages only between vmas that agree),
+ * and where moving has not failed before. A huge page moves as one page
+ * table entry: no copy, no 512 page allocations; moving 512 small pages
+ * is slower than copying them, so smaller units are copied. */
 static bool moves(const struct upager__worker *w, const struct upager__region *r,
 		  size_t n, size_t skip)
 {
