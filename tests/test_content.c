@@ -2,9 +2,10 @@
  * test_content.c - a region reads byte for byte as its store: every
  * install unit size, sequential and random order, one and eight
  * application threads, unaligned offsets and lengths, the O_DIRECT file
- * store, readahead on and off, a custom store. After a full scan the
- * counters say each unit was fetched and installed exactly once, also
- * when many threads fault on the same unit at once.
+ * store, readahead on and off, a custom store, 2 MiB units moved into
+ * the region or copied where the kernel will not move. After a full
+ * scan the counters say each unit was fetched and installed exactly
+ * once, also when many threads fault on the same unit at once.
  */
 #define _GNU_SOURCE
 #include "testutil.h"
