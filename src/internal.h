@@ -39,6 +39,14 @@ struct upager_store {
 	void *ctx;
 	bool in_memory; /* custom store whose reads never wait (lz4 without
 			   a lower store): the manager may serve it */
+	/* Buffered file store: the file mapped read-only, so a worker
+	 * installs large reads from the page cache itself instead of
+	 * copying them into its buffer first (worker.c mapped_src()).
+	 * NULL where the file could not be mapped; map_off is cleared
+	 * when the kernel declines populating it. */
+	const char *map;
+	uint64_t map_len;
+	atomic_bool map_off;
 };
 
 /* Reads of an lz4 store alone with the caller's buffers (store_lz4.c),

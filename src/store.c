@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -21,6 +22,25 @@ static void rc_close(int fd, int wfd)
 	if (wfd >= 0 && wfd != fd)
 		close(wfd);
 	close(fd);
+}
+
+/* Maps a buffered store's file for mapped reads (see struct upager_store).
+ * Best effort: a file that cannot be mapped is read as before. No fault
+ * readahead on the mapping (MADV_RANDOM): the worker asks for exactly the
+ * range it reads. */
+static void map_file(upager_store_t *s, const struct stat *st)
+{
+	if ((s->flags & UPAGER_STORE_DIRECT) || !S_ISREG(st->st_mode) ||
+	    st->st_size <= 0)
+		return;
+	void *m = mmap(NULL, (size_t)st->st_size, PROT_READ, MAP_SHARED,
+		       s->fd, 0);
+	if (m == MAP_FAILED)
+		return;
+	madvise(m, (size_t)st->st_size, MADV_HUGEPAGE);
+	madvise(m, (size_t)st->st_size, MADV_DONTFORK);
+	s->map = m;
+	s->map_len = (uint64_t)st->st_size;
 }
 
 int upager_store_file(const char *path, unsigned flags, upager_store_t **out)
@@ -68,6 +88,7 @@ int upager_store_file(const char *path, unsigned flags, upager_store_t **out)
 	s->fd = fd;
 	s->wfd = wfd;
 	s->flags = flags;
+	map_file(s, &st);
 	*out = s;
 	return 0;
 }
@@ -99,6 +120,8 @@ int upager_store_fd(int fd, unsigned flags, upager_store_t **out)
 	s->fd = fd;
 	s->wfd = -1; /* read-only: no write-back descriptor */
 	s->flags = flags;
+	if (!(fl & O_DIRECT))
+		map_file(s, &st);
 	*out = s;
 	return 0;
 }
@@ -130,8 +153,11 @@ void upager_store_release(upager_store_t *s)
 {
 	if (!s || atomic_fetch_sub(&s->refs, 1) != 1)
 		return;
-	if (s->kind == UPAGER__STORE_FILE)
+	if (s->kind == UPAGER__STORE_FILE) {
+		if (s->map)
+			munmap((void *)s->map, (size_t)s->map_len);
 		rc_close(s->fd, s->wfd);
+	}
 	else if (s->ops.release)
 		s->ops.release(s->ctx);
 	free(s);

@@ -16,7 +16,9 @@
  * consistent atomics on both sides no wake-up is lost.
  *
  * Custom stores are read synchronously by the worker (their callbacks may
- * block); file stores go through the ring. A custom store with a map
+ * block); file stores go through the ring. Large reads of a buffered
+ * file store are installed from the page cache through the store's
+ * mapping of the file (mapped_src()). A custom store with a map
  * callback is read only where map declines: elsewhere its units are
  * installed straight from the memory map returns (see run_mapped()).
  */
@@ -42,6 +44,7 @@
 #define RUN_BYTES (1u << 20)   /* largest prefetch read */
 #define MANAGER_INFLIGHT 2u    /* demand reads the manager does itself */
 #define MANAGER_SYNC_MAX (64u << 10) /* in-memory reads it does itself */
+#define MAPPED_MIN (1u << 20)  /* smallest read installed from a file map */
 #define ALIGN 4096u
 #define EFD_TAG 0ull
 #define POLL_TAG UINT64_MAX /* the manager's poll on the epoll descriptor */
@@ -55,6 +58,7 @@ struct slot {
 	size_t want;    /* store bytes in the unit */
 	size_t io_len;  /* bytes to read from foff */
 	size_t got;
+	const char *src; /* mapped read: the bytes in the store's map */
 	int next_free;
 };
 
@@ -128,10 +132,24 @@ static size_t arena_find(const struct upager__worker *w, size_t n)
 	return ARENA_PAGES;
 }
 
-/* First fit of n contiguous free arena pages; NULL if none. */
-static char *arena_alloc(struct upager__worker *w, size_t n)
+/* First page of the last run of n free arena pages; ARENA_PAGES if
+ * none. */
+static size_t arena_find_last(const struct upager__worker *w, size_t n)
 {
-	size_t p = arena_find(w, n);
+	size_t run = 0;
+	for (size_t p = ARENA_PAGES; p-- > 0;) {
+		run = page_used(w, p) ? 0 : run + 1;
+		if (run == n)
+			return p;
+	}
+	return ARENA_PAGES;
+}
+
+/* First fit of n contiguous free arena pages (last fit for a buffer
+ * held only in case: see mapped_src()); NULL if none. */
+static char *arena_alloc(struct upager__worker *w, size_t n, bool spare)
+{
+	size_t p = spare ? arena_find_last(w, n) : arena_find(w, n);
 	if (p == ARENA_PAGES)
 		return NULL;
 	mark_pages(w, p, n, true);
@@ -180,9 +198,10 @@ static bool in_huge(const struct upager__worker *w, const char *p)
 }
 
 /* A read buffer of np pages for units [u, u+n) of r: a huge slot where
- * moves() says so and one is free, else arena pages; NULL if neither. */
+ * moves() says so and one is free, else arena pages; NULL if neither.
+ * spare: a buffer the read will likely not touch. */
 static char *buf_alloc(struct upager__worker *w, const struct upager__region *r,
-		       size_t n, size_t skip, size_t np)
+		       size_t n, size_t skip, size_t np, bool spare)
 {
 	if (moves(w, r, n, skip) && huge_free(w)) {
 		unsigned i = (unsigned)__builtin_ctz(~w->huge_used);
@@ -193,7 +212,7 @@ static char *buf_alloc(struct upager__worker *w, const struct upager__region *r,
 		*(volatile char *)p = 0;
 		return p;
 	}
-	return arena_alloc(w, np);
+	return arena_alloc(w, np, spare);
 }
 
 static void buf_free(struct upager__worker *w, char *buf, size_t np)
@@ -326,6 +345,38 @@ static bool unit_zero(const char *data, size_t want, size_t i, size_t ps)
 	return all_zero(data + i * ps, have < ps ? have : ps);
 }
 
+/* Unmaps [p, p+len) of store s's file map, widened to the 2 MiB
+ * boundaries around it (within the map): the kernel maps the page
+ * cache's huge folios whole, so a narrower unmap would leave the rest of
+ * a folio mapped, and counted in the process's RSS, for good. A
+ * neighbouring read in flight that loses its mapping this way is not
+ * harmed: UFFDIO_COPY faults its source in again. */
+static void unmap_source(const upager_store_t *s, const char *p, size_t len)
+{
+	size_t lo = (size_t)(p - s->map) & ~(size_t)(HUGE_BYTES - 1);
+	size_t hi = round_up((size_t)(p - s->map) + len, HUGE_BYTES);
+	if (hi > s->map_len)
+		hi = (size_t)s->map_len;
+	madvise((void *)(s->map + lo), hi - lo, MADV_DONTNEED);
+}
+
+/* After an install: a huge slot moved is empty, but where the kernel
+ * declined (or for zeros) its page goes now, so that the slots hold
+ * memory only while a read is in flight. A mapped read's range of the
+ * store's file map is unmapped (the page cache keeps it), and before
+ * the job's region reference goes, which may release the store and its
+ * map. */
+static void drop_source(const struct upager__worker *w,
+			const struct upager__req *j, const char *data)
+{
+	const upager_store_t *s = j->r->store;
+	if (in_huge(w, data))
+		madvise((void *)data, HUGE_BYTES, MADV_DONTNEED);
+	else if (data && s->map && data >= s->map &&
+		 data < s->map + s->map_len)
+		unmap_source(s, data, job_units(j) << j->r->page_shift);
+}
+
 /* Installs the units of job j. data: the units' bytes (store bytes, then
  * zeros); want: how many came from the store. Consecutive units with data
  * go in with one ioctl; all-zero units as zero pages. */
@@ -369,6 +420,7 @@ static void finish(struct upager__worker *w, const struct upager__req *j,
 		if (rc == -EAGAIN && w->manager) {
 			/* An event is unread and the manager is the one to
 			 * read it: a worker installs this job instead. */
+			drop_source(w, j, data);
 			upager__manager_defer(w->up, j);
 			return;
 		}
@@ -379,12 +431,8 @@ static void finish(struct upager__worker *w, const struct upager__req *j,
 				   ((j->unit + i) << r->page_shift), k * ps);
 		i += k;
 	}
-	/* Moved, a huge slot is empty; where the kernel declined (or for
-	 * zeros) its page goes now, so that the slots hold memory only
-	 * while a read is in flight. */
-	if (in_huge(w, data))
-		madvise((void *)data, HUGE_BYTES, MADV_DONTNEED);
 out:
+	drop_source(w, j, data);
 	upager__region_put(r);
 }
 
@@ -415,7 +463,7 @@ static bool run_mapped(struct upager__worker *w, const struct upager__req *j,
 		return false;
 	char *buf = NULL;
 	if (want < len) {
-		buf = arena_alloc(w, np); /* fits: can_start said so */
+		buf = arena_alloc(w, np, false); /* fits: can_start said so */
 		if (!buf)
 			return false;
 		memcpy(buf, src, want);
@@ -439,7 +487,7 @@ static void run_custom(struct upager__worker *w, const struct upager__req *j,
 	size_t len = job_units(j) << r->page_shift, np = len / 4096;
 	if (s->ops.map && run_mapped(w, j, want))
 		return;
-	char *buf = buf_alloc(w, r, job_units(j), 0, np);
+	char *buf = buf_alloc(w, r, job_units(j), 0, np, false);
 	int rc = buf ? 0 : -ENOMEM;
 	if (rc == 0 && want)
 		rc = s->ops.read(s->ctx, buf, want,
@@ -464,6 +512,37 @@ static struct io_uring_sqe *get_sqe(struct upager__worker *w)
 	while (!(sqe = io_uring_get_sqe(&w->ring)))
 		io_uring_submit(&w->ring);
 	return sqe;
+}
+
+/* Mapped reads. A read of a buffered file store of at least MAPPED_MIN
+ * bytes, all in the file, goes into the region straight from the page
+ * cache: the worker starts the I/O (POSIX_FADV_WILLNEED only queues it),
+ * has the ring map the range into the store's mapping of the file
+ * (MADV_POPULATE_READ, run by the ring's own threads, which wait for
+ * the I/O), and finish() copies from that mapping: one copy, where a
+ * read into the arena and its install make two. After the install the
+ * range is unmapped again: the page cache keeps the data, the process's
+ * RSS does not. The slot still holds arena pages for the read, so a
+ * populate the kernel declines falls back to reading into them, and the
+ * worker's reads in flight stay what its arena allows. Returns where the
+ * range is mapped, or NULL to read as usual. */
+static const char *mapped_src(const struct upager__region *r, uint64_t off,
+			      size_t len, size_t want)
+{
+	const upager_store_t *s = r->store;
+	if (!s->map || atomic_load_explicit(&s->map_off, memory_order_relaxed) ||
+	    len < MAPPED_MIN || want != len || (off & (ALIGN - 1)) ||
+	    off > s->map_len || len > s->map_len - off)
+		return NULL;
+	return s->map + off;
+}
+
+static void submit_populate(struct upager__worker *w, struct slot *sl)
+{
+	struct io_uring_sqe *sqe = get_sqe(w);
+	io_uring_prep_madvise(sqe, (void *)sl->src, (off_t)sl->want,
+			      MADV_POPULATE_READ);
+	io_uring_sqe_set_data64(sqe, (uint64_t)(sl - w->slots) + 1);
 }
 
 static void submit_read(struct upager__worker *w, struct slot *sl)
@@ -537,14 +616,19 @@ static bool start(struct upager__worker *w, const struct upager__req *j)
 	/* O_DIRECT reads whole pages: at most sl->pages of them. */
 	sl->io_len = r->store->flags & UPAGER_STORE_DIRECT ?
 		     round_up(sl->skip + want, ALIGN) : want;
+	sl->src = mapped_src(r, off, n << r->page_shift, want);
 	/* Fits: can_start said so. */
-	sl->buf = buf_alloc(w, r, n, sl->skip, sl->pages);
+	sl->buf = buf_alloc(w, r, n, sl->skip, sl->pages, sl->src != NULL);
 	w->free_head = sl->next_free;
 	sl->job = *j;
 	sl->want = want;
 	sl->got = 0;
 	w->inflight++;
-	submit_read(w, sl);
+	if (sl->src) {
+		submit_populate(w, sl);
+	} else {
+		submit_read(w, sl);
+	}
 	return true;
 }
 
@@ -557,10 +641,41 @@ static void release_slot(struct upager__worker *w, struct slot *sl)
 	w->free_head = (int)(sl - w->slots);
 }
 
+/* A mapped read's populate completed (see mapped_src()). */
+static void on_populate(struct upager__worker *w, struct slot *sl, int res)
+{
+	struct upager__req j = sl->job;
+	if (res == -EAGAIN || res == -EINTR) {
+		submit_populate(w, sl);
+		return;
+	}
+	if (res != 0) {
+		/* EINVAL: this kernel cannot populate through the ring;
+		 * anything else (EFAULT: the file shrank) is the read's
+		 * to report. Read into the slot's buffer instead. */
+		if (res == -EINVAL)
+			atomic_store(&j.r->store->map_off, true);
+		/* What the populate mapped before it stopped. */
+		unmap_source(j.r->store, sl->src, sl->want);
+		sl->src = NULL;
+		submit_read(w, sl);
+		return;
+	}
+	const char *src = sl->src;
+	size_t len = sl->want;
+	CNT_INC(&j.r->cnt, bytes_fetched, len);
+	release_slot(w, sl);
+	finish(w, &j, src, len); /* unmaps src */
+}
+
 static void on_read(struct upager__worker *w, struct slot *sl, int res)
 {
 	struct upager__req j = sl->job;
 	struct upager__region *r = j.r;
+	if (sl->src) {
+		on_populate(w, sl, res);
+		return;
+	}
 	if (res == -EAGAIN || res == -EINTR) {
 		submit_read(w, sl);
 		return;
@@ -632,6 +747,22 @@ static bool has_slot(struct upager__worker *w)
 	return w->free_head >= 0 && arena_fits(w, 2);
 }
 
+/* The most units a prefetch run from unit u reads with one request:
+ * RUN_BYTES, at least one unit. From a mapped store (mapped_src()) the
+ * run ends at the next 2 MiB boundary of the file instead, so that a run
+ * is one of the page cache's huge folios, mapped and unmapped whole. */
+static size_t run_units(const struct upager__region *r, size_t u)
+{
+	const upager_store_t *s = r->store;
+	size_t n = RUN_BYTES >> r->page_shift;
+	if (s->map && !atomic_load_explicit(&s->map_off, memory_order_relaxed)) {
+		uint64_t off = r->offset + ((uint64_t)u << r->page_shift);
+		n = (size_t)((HUGE_BYTES - (off & (HUGE_BYTES - 1))) >>
+			     r->page_shift);
+	}
+	return n ? n : 1;
+}
+
 /* Starts as much work as slots allow. Demand first; a demand fetch taken
  * but not startable waits in w->held, ahead of anything else. Returns
  * true when it stopped for want of a slot (a completion will free one),
@@ -655,9 +786,7 @@ static bool fill(struct upager__worker *w)
 			/* Consecutive units are read with one request and
 			 * installed with one ioctl: a run of up to RUN_BYTES
 			 * (at least one unit). */
-			size_t maxn = RUN_BYTES >> r->page_shift;
-			if (maxn == 0)
-				maxn = 1;
+			size_t maxn = run_units(r, pf->first);
 			if (maxn > pf->count)
 				maxn = pf->count;
 			while (maxn > 1 && !can_start(w, r, pf->first, maxn))

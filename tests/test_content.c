@@ -11,6 +11,7 @@
 #include "testutil.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -343,6 +344,120 @@ static void test_huge_units_moved_or_copied(void **state)
 	upager_destroy(up);
 }
 
+/* Resident kB of the mappings of @path in this process (smaps Rss), or
+ * -1 when none maps it. */
+static long file_map_rss(const char *path)
+{
+	FILE *f = fopen("/proc/self/smaps", "r");
+	assert_non_null(f);
+	char line[4096];
+	bool in = false, found = false;
+	long kb = 0;
+	while (fgets(line, sizeof(line), f)) {
+		unsigned long lo, hi;
+		char name[4096];
+		long v;
+		if (sscanf(line, "%lx-%lx %*s %*s %*s %*s %4095s", &lo, &hi,
+			   name) == 3) {
+			in = strcmp(name, path) == 0;
+			found |= in;
+		} else if (sscanf(line, "%lx-%lx", &lo, &hi) == 2 &&
+			   strchr(line, '-') < strchr(line, ' ')) {
+			in = false; /* a mapping without a name */
+		} else if (in && sscanf(line, "Rss: %ld kB", &v) == 1) {
+			kb += v;
+		}
+	}
+	fclose(f);
+	return found ? kb : -1;
+}
+
+/* file_map_rss() once it equals @want, failing after 2 s. */
+static void wait_map_rss(const char *path, long want)
+{
+	long kb = 0;
+	for (int i = 0; i < 200; i++) {
+		if ((kb = file_map_rss(path)) == want)
+			return;
+		tu_sleep_ms(10);
+	}
+	fail_msg("mappings of %s: %ld kB resident (-1: none), want %ld", path,
+		 kb, want);
+}
+
+/* A buffered file store installs reads of 1 MiB and more straight from
+ * the page cache through its own read-only mapping of the file
+ * (worker.c mapped_src()), its readahead runs cut at the file's 2 MiB
+ * boundaries. For each unit size, from a file offset on such a boundary
+ * and off it, to the file's end (the last unit partly past it, read as
+ * before): the region reads as the file, each unit installed once; what
+ * the store mapped for a read is unmapped again after its install, so
+ * after the scan its mapping holds no page; the mapping goes with the
+ * store. */
+static void test_mapped_reads(void **state)
+{
+	(void)state;
+	static const size_t ps[] = { 4 * TU_KIB, 64 * TU_KIB, 2 * TU_MIB };
+	static const uint64_t offs[] = { 0, 3 * 4096 };
+	need_file();
+	upager_t *up = tu_runtime(NULL);
+	for (size_t i = 0; i < 3; i++)
+		for (size_t k = 0; k < 2; k++) {
+			size_t len = FILE_SIZE - (size_t)offs[k];
+			size_t n = tu_round_up(len, ps[i]) / ps[i];
+			struct tu_ref ref = { .fd = data_fd, .offset = offs[k],
+					      .length = len,
+					      .store_size = FILE_SIZE };
+			upager_store_t *s = tu_store_file(data_path, 0);
+			uint8_t *a = tu_map(up, s, offs[k], len, ps[i],
+					    4 * TU_MIB);
+			upager_store_release(s);
+			printf("  page %zu KiB, offset %llu\n", ps[i] / TU_KIB,
+			       (unsigned long long)offs[k]);
+			tu_scan_units(&ref, a, ps[i], n, 1, false, 7 + i + k);
+			assert_true(tu_check(&ref, a, 0, len));
+			struct upager_stats st = tu_stats_settled(up, a);
+			tu_print_stats("region", &st);
+			assert_int_equal(st.pages_installed, n);
+			assert_int_equal(st.read_errors, 0);
+			assert_int_equal(st.bytes_fetched, len);
+			wait_map_rss(data_path, 0);
+			TU_OK(upager_unmap(up, a));
+			wait_map_rss(data_path, -1);
+		}
+	upager_destroy(up);
+}
+
+/* A file shrunk under a region: a read the store would have installed
+ * from its mapping finds the pages past the new end missing and is read
+ * instead, as it would have been without the mapping: the bytes still in
+ * the file as they are, those past its end as zeros (pread's short read),
+ * and nothing is left mapped. */
+static void test_mapped_read_of_shrunk_file(void **state)
+{
+	(void)state;
+	const size_t page = 2 * TU_MIB, size = 8 * TU_MIB;
+	const size_t keep = 3 * TU_MIB + 100;
+	const char *path = tu_make_file("shrink.dat", size);
+	upager_t *up = tu_runtime(NULL);
+	upager_store_t *s = tu_store_file(path, 0);
+	uint8_t *a = tu_map(up, s, 0, size, page, 0);
+	upager_store_release(s);
+	int fd = open(path, O_RDWR | O_CLOEXEC);
+	assert_true(fd >= 0);
+	assert_int_equal(ftruncate(fd, (off_t)keep), 0);
+	struct tu_ref ref = { .fd = fd, .length = size, .store_size = keep };
+	assert_true(tu_check(&ref, a, 0, size));
+	close(fd);
+	struct upager_stats st = tu_stats_settled(up, a);
+	tu_print_stats("region", &st);
+	assert_int_equal(st.pages_installed, size / page);
+	assert_int_equal(st.read_errors, 0);
+	wait_map_rss(path, 0);
+	TU_OK(upager_unmap(up, a));
+	upager_destroy(up);
+}
+
 static void test_custom_store(void **state)
 {
 	(void)state;
@@ -463,6 +578,8 @@ static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(test_readahead),
 	cmocka_unit_test(test_direct_store),
 	cmocka_unit_test(test_huge_units_moved_or_copied),
+	cmocka_unit_test(test_mapped_reads),
+	cmocka_unit_test(test_mapped_read_of_shrunk_file),
 	cmocka_unit_test(test_custom_store),
 	cmocka_unit_test(test_concurrent_faults_fetch_each_unit_once),
 };
