@@ -25,6 +25,41 @@
  * units. */
 #define PF_CHUNK_BUDGET 64u
 
+/*
+ * Folds. A buffered file store installs reads of 1 MiB and more from the
+ * page cache, where the kernel keeps the file in 2 MiB folios (worker.c
+ * mapped_src()); the workers cut prefetch runs of such a store at the
+ * file's 2 MiB boundaries, so that a run is one folio, mapped and
+ * unmapped whole. A readahead window that ended anywhere would leave a
+ * piece of a folio at each end, read into a buffer and copied twice. So
+ * for such stores a stream's window ends on a 2 MiB boundary of the file
+ * (when it spans two folios or more: a smaller one is left as it is),
+ * the unit left out halfway is the first of a folio, and a batch holds a
+ * whole folio even of 4 KiB units.
+ */
+
+/* Units in 2 MiB of r's file where its readahead folds (above), else 0:
+ * the store must read from the page cache, units must be smaller than
+ * 2 MiB and start at a store offset that is a multiple of their size
+ * (else no unit starts on a 2 MiB boundary). */
+static size_t fold_units(const struct upager__region *r)
+{
+	const upager_store_t *s = r->store;
+	if (!s->map || atomic_load_explicit(&s->map_off, memory_order_relaxed) ||
+	    r->page_shift >= 21 ||
+	    (r->offset & (((uint64_t)1 << r->page_shift) - 1)))
+		return 0;
+	return (size_t)1 << (21 - r->page_shift);
+}
+
+/* The last unit at or before v that starts on a 2 MiB boundary of the
+ * file; fold from fold_units(). */
+static size_t fold_down(const struct upager__region *r, size_t fold, size_t v)
+{
+	size_t first = (size_t)((r->offset >> r->page_shift) % fold);
+	return v - (first + v) % fold;
+}
+
 /* upager__prefetch(); write: the units are ahead of a write stream and go
  * in writable and dirty. */
 static size_t prefetch_run(upager_t *up, struct upager__region *r,
@@ -33,8 +68,11 @@ static size_t prefetch_run(upager_t *up, struct upager__region *r,
 	size_t queued = 0, end = first + count;
 	if (end > r->nunits)
 		end = r->nunits;
-	uint32_t chunk = r->budget_units || up->budget_units_4k ?
-			 PF_CHUNK_BUDGET : UPAGER__PF_CHUNK;
+	bool budget = r->budget_units || up->budget_units_4k;
+	uint32_t chunk = budget ? PF_CHUNK_BUDGET : UPAGER__PF_CHUNK;
+	size_t fold = fold_units(r);
+	if (!budget && fold > chunk)
+		chunk = (uint32_t)fold; /* a whole folio per batch */
 	size_t u = first;
 	while (u < end && !atomic_load(&r->dead)) {
 		/* Gather up to one chunk of EMPTY units, starting at the
@@ -149,6 +187,20 @@ static size_t stored_units(const struct upager__region *r)
 	return n < r->nunits ? (size_t)n : r->nunits;
 }
 
+/* The end of a window of win units that would end at unit end: within
+ * the region, and on a 2 MiB boundary of the file where r folds (see
+ * "Folds") and the window spans two folios or more, so that the end
+ * moves on by whole folios and never falls behind where it began. */
+static size_t fold_end(const struct upager__region *r, size_t win, size_t end)
+{
+	if (end >= r->nunits)
+		return r->nunits;
+	size_t fold = fold_units(r);
+	if (fold && win >= 2 * fold)
+		end = fold_down(r, fold, end);
+	return end;
+}
+
 /* Queues units [a, b) of r for prefetch: those before wend for writing
  * (see "Write streams"), the rest for reading. */
 static void queue_span(upager_t *up, struct upager__region *r, size_t a,
@@ -207,6 +259,9 @@ static void queue_window(upager_t *up, struct upager__region *r, size_t start,
 {
 	size_t n = end - start;
 	size_t mark = n >= 4 && n >= win / 4 ? start + n / 2 : end;
+	size_t fold = fold_units(r);
+	if (fold && mark < end && fold_down(r, fold, mark) > start)
+		mark = fold_down(r, fold, mark); /* see "Folds" */
 	queue_span(up, r, start, mark, wend);
 	if (mark + 1 < end)
 		queue_span(up, r, mark + 1, end, wend);
@@ -236,9 +291,7 @@ size_t upager__fault_readahead(upager_t *up, struct upager__region *r,
 		if (r->wp)
 			unprotect_ahead(r->sp, r, u + 1, wend);
 	}
-	size_t end = u + 1 + win;
-	if (end > r->nunits)
-		end = r->nunits;
+	size_t end = fold_end(r, win, u + 1 + win);
 	/* The window queued so far ends beyond this one: it was an earlier
 	 * pass's (a scan again from the start, or after a jump back), not
 	 * this stream's, which starts over here. Kept, it stopped every
@@ -270,7 +323,7 @@ void upager__inline_readahead(upager_t *up, struct upager__region *r,
 	size_t win = ra_window(r, atomic_load(&r->advice));
 	if (win < 2 || next >= r->nunits)
 		return;
-	size_t end = next + win < r->nunits ? next + win : r->nunits;
+	size_t end = fold_end(r, win, next + win);
 	size_t q = __atomic_load_n(&r->inline_ra, __ATOMIC_RELAXED), start = q;
 	if (q < next || q > end)
 		start = next;

@@ -537,6 +537,14 @@ static const char *mapped_src(const struct upager__region *r, uint64_t off,
 	return s->map + off;
 }
 
+/* mapped_src() for a run of n units of r from unit u. */
+static const char *run_mapped_src(const struct upager__region *r, size_t u,
+				  size_t n)
+{
+	return mapped_src(r, r->offset + ((uint64_t)u << r->page_shift),
+			  n << r->page_shift, upager__run_want(r, u, n));
+}
+
 static void submit_populate(struct upager__worker *w, struct slot *sl)
 {
 	struct io_uring_sqe *sqe = get_sqe(w);
@@ -616,7 +624,7 @@ static bool start(struct upager__worker *w, const struct upager__req *j)
 	/* O_DIRECT reads whole pages: at most sl->pages of them. */
 	sl->io_len = r->store->flags & UPAGER_STORE_DIRECT ?
 		     round_up(sl->skip + want, ALIGN) : want;
-	sl->src = mapped_src(r, off, n << r->page_shift, want);
+	sl->src = run_mapped_src(r, u, n);
 	/* Fits: can_start said so. */
 	sl->buf = buf_alloc(w, r, n, sl->skip, sl->pages, sl->src != NULL);
 	w->free_head = sl->next_free;
@@ -789,7 +797,12 @@ static bool fill(struct upager__worker *w)
 			size_t maxn = run_units(r, pf->first);
 			if (maxn > pf->count)
 				maxn = pf->count;
-			while (maxn > 1 && !can_start(w, r, pf->first, maxn))
+			/* A run that does not fit now is halved until it
+			 * does, except one read from the page cache: halves
+			 * of it would be read into buffers, and copied twice,
+			 * while it waits only for a mapped read to finish. */
+			while (maxn > 1 && !can_start(w, r, pf->first, maxn) &&
+			       !run_mapped_src(r, pf->first, maxn))
 				maxn /= 2;
 			if (!can_start(w, r, pf->first, maxn))
 				return true; /* the batch waits for a slot */

@@ -390,10 +390,36 @@ static void wait_map_rss(const char *path, long want)
  * (worker.c mapped_src()), its readahead runs cut at the file's 2 MiB
  * boundaries. For each unit size, from a file offset on such a boundary
  * and off it, to the file's end (the last unit partly past it, read as
- * before): the region reads as the file, each unit installed once; what
- * the store mapped for a read is unmapped again after its install, so
- * after the scan its mapping holds no page; the mapping goes with the
- * store. */
+ * before), one thread in order and eight in random order (units of
+ * neighbouring reads then share folios, and one read's unmapping takes
+ * the other's pages away): the region reads as the file, each unit
+ * installed once; what the store mapped for a read is unmapped again
+ * after its install, so after the scan its mapping holds no page; the
+ * mapping goes with the store. */
+static void mapped_case(upager_t *up, size_t page, uint64_t off,
+			unsigned threads)
+{
+	size_t len = FILE_SIZE - (size_t)off;
+	size_t n = tu_round_up(len, page) / page;
+	struct tu_ref ref = { .fd = data_fd, .offset = off, .length = len,
+			      .store_size = FILE_SIZE };
+	upager_store_t *s = tu_store_file(data_path, 0);
+	uint8_t *a = tu_map(up, s, off, len, page, 4 * TU_MIB);
+	upager_store_release(s);
+	printf("  page %zu KiB, offset %llu, %u thread(s)\n", page / TU_KIB,
+	       (unsigned long long)off, threads);
+	tu_scan_units(&ref, a, page, n, threads, threads > 1, 7 + page + off);
+	assert_true(tu_check(&ref, a, 0, len));
+	struct upager_stats st = tu_stats_settled(up, a);
+	tu_print_stats("region", &st);
+	assert_int_equal(st.pages_installed, n);
+	assert_int_equal(st.read_errors, 0);
+	assert_int_equal(st.bytes_fetched, len);
+	wait_map_rss(data_path, 0);
+	TU_OK(upager_unmap(up, a));
+	wait_map_rss(data_path, -1);
+}
+
 static void test_mapped_reads(void **state)
 {
 	(void)state;
@@ -403,27 +429,8 @@ static void test_mapped_reads(void **state)
 	upager_t *up = tu_runtime(NULL);
 	for (size_t i = 0; i < 3; i++)
 		for (size_t k = 0; k < 2; k++) {
-			size_t len = FILE_SIZE - (size_t)offs[k];
-			size_t n = tu_round_up(len, ps[i]) / ps[i];
-			struct tu_ref ref = { .fd = data_fd, .offset = offs[k],
-					      .length = len,
-					      .store_size = FILE_SIZE };
-			upager_store_t *s = tu_store_file(data_path, 0);
-			uint8_t *a = tu_map(up, s, offs[k], len, ps[i],
-					    4 * TU_MIB);
-			upager_store_release(s);
-			printf("  page %zu KiB, offset %llu\n", ps[i] / TU_KIB,
-			       (unsigned long long)offs[k]);
-			tu_scan_units(&ref, a, ps[i], n, 1, false, 7 + i + k);
-			assert_true(tu_check(&ref, a, 0, len));
-			struct upager_stats st = tu_stats_settled(up, a);
-			tu_print_stats("region", &st);
-			assert_int_equal(st.pages_installed, n);
-			assert_int_equal(st.read_errors, 0);
-			assert_int_equal(st.bytes_fetched, len);
-			wait_map_rss(data_path, 0);
-			TU_OK(upager_unmap(up, a));
-			wait_map_rss(data_path, -1);
+			mapped_case(up, ps[i], offs[k], 1);
+			mapped_case(up, ps[i], offs[k], 8);
 		}
 	upager_destroy(up);
 }
