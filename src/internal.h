@@ -42,8 +42,8 @@ struct upager_store {
 	/* Buffered file store: the file mapped read-only, so a worker
 	 * installs large reads from the page cache itself instead of
 	 * copying them into its buffer first (worker.c mapped_src()).
-	 * NULL where the file could not be mapped; map_off is cleared
-	 * when the kernel declines populating it. */
+	 * NULL where the file could not be mapped; map_off is set once
+	 * the kernel declines populating it. */
 	const char *map;
 	uint64_t map_len;
 	atomic_bool map_off;

@@ -25,9 +25,10 @@ static void rc_close(int fd, int wfd)
 }
 
 /* Maps a buffered store's file for mapped reads (see struct upager_store).
- * Best effort: a file that cannot be mapped is read as before. No fault
- * readahead on the mapping (MADV_RANDOM): the worker asks for exactly the
- * range it reads. */
+ * Best effort: a file that cannot be mapped is read as before.
+ * MADV_HUGEPAGE: a miss in the map reads the 2 MiB folio around it (and
+ * the next), so the disk gets large requests and the page cache large
+ * folios. MADV_DONTFORK: a child has no use for it. */
 static void map_file(upager_store_t *s, const struct stat *st)
 {
 	if ((s->flags & UPAGER_STORE_DIRECT) || !S_ISREG(st->st_mode) ||
@@ -157,9 +158,9 @@ void upager_store_release(upager_store_t *s)
 		if (s->map)
 			munmap((void *)s->map, (size_t)s->map_len);
 		rc_close(s->fd, s->wfd);
-	}
-	else if (s->ops.release)
+	} else if (s->ops.release) {
 		s->ops.release(s->ctx);
+	}
 	free(s);
 }
 

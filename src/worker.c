@@ -516,10 +516,10 @@ static struct io_uring_sqe *get_sqe(struct upager__worker *w)
 
 /* Mapped reads. A read of a buffered file store of at least MAPPED_MIN
  * bytes, all in the file, goes into the region straight from the page
- * cache: the worker starts the I/O (POSIX_FADV_WILLNEED only queues it),
- * has the ring map the range into the store's mapping of the file
- * (MADV_POPULATE_READ, run by the ring's own threads, which wait for
- * the I/O), and finish() copies from that mapping: one copy, where a
+ * cache: the ring maps the range into the store's mapping of the file
+ * (MADV_POPULATE_READ, run by the ring's own threads, which start the
+ * I/O, in 2 MiB folios: see store.c map_file(), and wait for it), and
+ * finish() copies from that mapping: one copy, where a
  * read into the arena and its install make two. After the install the
  * range is unmapped again: the page cache keeps the data, the process's
  * RSS does not. The slot still holds arena pages for the read, so a
