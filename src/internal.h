@@ -41,10 +41,12 @@ struct upager_store {
 			   a lower store): the manager may serve it */
 	/* Buffered file store: the file mapped read-only, so a worker
 	 * installs large reads from the page cache itself instead of
-	 * copying them into its buffer first (worker.c mapped_src()).
+	 * copying them into its buffer first (worker.c mapped_src()):
+	 * map for prefetch runs (a miss reads its folio and the next),
+	 * map_one for demand reads (a miss reads its own folio only).
 	 * NULL where the file could not be mapped; map_off is set once
-	 * the kernel declines populating it. */
-	const char *map;
+	 * the kernel declines populating them. */
+	const char *map, *map_one;
 	uint64_t map_len;
 	atomic_bool map_off;
 };

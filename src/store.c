@@ -10,6 +10,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -24,24 +25,34 @@ static void rc_close(int fd, int wfd)
 	close(fd);
 }
 
+/* One read-only map of the file for map_file(); NULL on failure.
+ * MADV_HUGEPAGE: a miss in the map reads the 2 MiB folio around it (and,
+ * unless @one, the next one too), so the disk gets large requests and the
+ * page cache large folios. MADV_DONTFORK: a child has no use for it. */
+static const char *map_one_file(int fd, size_t len, bool one)
+{
+	void *m = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
+	if (m == MAP_FAILED)
+		return NULL;
+	madvise(m, len, MADV_HUGEPAGE);
+	if (one)
+		madvise(m, len, MADV_RANDOM);
+	madvise(m, len, MADV_DONTFORK);
+	return m;
+}
+
 /* Maps a buffered store's file for mapped reads (see struct upager_store).
- * Best effort: a file that cannot be mapped is read as before.
- * MADV_HUGEPAGE: a miss in the map reads the 2 MiB folio around it (and
- * the next), so the disk gets large requests and the page cache large
- * folios. MADV_DONTFORK: a child has no use for it. */
+ * Best effort: a file that cannot be mapped is read as before. */
 static void map_file(upager_store_t *s, const struct stat *st)
 {
 	if ((s->flags & UPAGER_STORE_DIRECT) || !S_ISREG(st->st_mode) ||
 	    st->st_size <= 0)
 		return;
-	void *m = mmap(NULL, (size_t)st->st_size, PROT_READ, MAP_SHARED,
-		       s->fd, 0);
-	if (m == MAP_FAILED)
-		return;
-	madvise(m, (size_t)st->st_size, MADV_HUGEPAGE);
-	madvise(m, (size_t)st->st_size, MADV_DONTFORK);
-	s->map = m;
-	s->map_len = (uint64_t)st->st_size;
+	size_t len = (size_t)st->st_size;
+	s->map = map_one_file(s->fd, len, false);
+	if (s->map)
+		s->map_one = map_one_file(s->fd, len, true);
+	s->map_len = len;
 }
 
 int upager_store_file(const char *path, unsigned flags, upager_store_t **out)
@@ -157,6 +168,8 @@ void upager_store_release(upager_store_t *s)
 	if (s->kind == UPAGER__STORE_FILE) {
 		if (s->map)
 			munmap((void *)s->map, (size_t)s->map_len);
+		if (s->map_one)
+			munmap((void *)s->map_one, (size_t)s->map_len);
 		rc_close(s->fd, s->wfd);
 	} else if (s->ops.release) {
 		s->ops.release(s->ctx);

@@ -345,6 +345,17 @@ static bool unit_zero(const char *data, size_t want, size_t i, size_t ps)
 	return all_zero(data + i * ps, have < ps ? have : ps);
 }
 
+/* The start of the map of store s's file (map or map_one) that holds p,
+ * or NULL. */
+static const char *map_base(const upager_store_t *s, const char *p)
+{
+	if (s->map && p >= s->map && p < s->map + s->map_len)
+		return s->map;
+	if (s->map_one && p >= s->map_one && p < s->map_one + s->map_len)
+		return s->map_one;
+	return NULL;
+}
+
 /* Unmaps [p, p+len) of store s's file map, widened to the 2 MiB
  * boundaries around it (within the map): the kernel maps the page
  * cache's huge folios whole, so a narrower unmap would leave the rest of
@@ -353,11 +364,12 @@ static bool unit_zero(const char *data, size_t want, size_t i, size_t ps)
  * harmed: UFFDIO_COPY faults its source in again. */
 static void unmap_source(const upager_store_t *s, const char *p, size_t len)
 {
-	size_t lo = (size_t)(p - s->map) & ~(size_t)(HUGE_BYTES - 1);
-	size_t hi = round_up((size_t)(p - s->map) + len, HUGE_BYTES);
+	const char *base = map_base(s, p);
+	size_t lo = (size_t)(p - base) & ~(size_t)(HUGE_BYTES - 1);
+	size_t hi = round_up((size_t)(p - base) + len, HUGE_BYTES);
 	if (hi > s->map_len)
 		hi = (size_t)s->map_len;
-	madvise((void *)(s->map + lo), hi - lo, MADV_DONTNEED);
+	madvise((void *)(base + lo), hi - lo, MADV_DONTNEED);
 }
 
 /* After an install: a huge slot moved is empty, but where the kernel
@@ -372,8 +384,7 @@ static void drop_source(const struct upager__worker *w,
 	const upager_store_t *s = j->r->store;
 	if (in_huge(w, data))
 		madvise((void *)data, HUGE_BYTES, MADV_DONTNEED);
-	else if (data && s->map && data >= s->map &&
-		 data < s->map + s->map_len)
+	else if (data && map_base(s, data))
 		unmap_source(s, data, job_units(j) << j->r->page_shift);
 }
 
@@ -527,22 +538,26 @@ static struct io_uring_sqe *get_sqe(struct upager__worker *w)
  * worker's reads in flight stay what its arena allows. Returns where the
  * range is mapped, or NULL to read as usual. */
 static const char *mapped_src(const struct upager__region *r, uint64_t off,
-			      size_t len, size_t want)
+			      size_t len, size_t want, bool demand)
 {
 	const upager_store_t *s = r->store;
-	if (!s->map || atomic_load_explicit(&s->map_off, memory_order_relaxed) ||
+	const char *map = demand ? s->map_one : s->map;
+	if (!map || atomic_load_explicit(&s->map_off, memory_order_relaxed) ||
 	    len < MAPPED_MIN || want != len || (off & (ALIGN - 1)) ||
 	    off > s->map_len || len > s->map_len - off)
 		return NULL;
-	return s->map + off;
+	return map + off;
 }
 
-/* mapped_src() for a run of n units of r from unit u. */
+/* mapped_src() for a run of n units of r from unit u; demand: a thread
+ * waits for it, and a random one may well be alone: its miss reads no
+ * folio past its own (store.c map_file()). */
 static const char *run_mapped_src(const struct upager__region *r, size_t u,
-				  size_t n)
+				  size_t n, bool demand)
 {
 	return mapped_src(r, r->offset + ((uint64_t)u << r->page_shift),
-			  n << r->page_shift, upager__run_want(r, u, n));
+			  n << r->page_shift, upager__run_want(r, u, n),
+			  demand);
 }
 
 static void submit_populate(struct upager__worker *w, struct slot *sl)
@@ -624,7 +639,7 @@ static bool start(struct upager__worker *w, const struct upager__req *j)
 	/* O_DIRECT reads whole pages: at most sl->pages of them. */
 	sl->io_len = r->store->flags & UPAGER_STORE_DIRECT ?
 		     round_up(sl->skip + want, ALIGN) : want;
-	sl->src = run_mapped_src(r, u, n);
+	sl->src = run_mapped_src(r, u, n, j->demand);
 	/* Fits: can_start said so. */
 	sl->buf = buf_alloc(w, r, n, sl->skip, sl->pages, sl->src != NULL);
 	w->free_head = sl->next_free;
@@ -802,7 +817,7 @@ static bool fill(struct upager__worker *w)
 			 * of it would be read into buffers, and copied twice,
 			 * while it waits only for a mapped read to finish. */
 			while (maxn > 1 && !can_start(w, r, pf->first, maxn) &&
-			       !run_mapped_src(r, pf->first, maxn))
+			       !run_mapped_src(r, pf->first, maxn, false))
 				maxn /= 2;
 			if (!can_start(w, r, pf->first, maxn))
 				return true; /* the batch waits for a slot */

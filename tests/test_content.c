@@ -390,9 +390,10 @@ static void wait_map_rss(const char *path, long want)
  * (worker.c mapped_src()), its readahead runs cut at the file's 2 MiB
  * boundaries. For each unit size, from a file offset on such a boundary
  * and off it, to the file's end (the last unit partly past it, read as
- * before), one thread in order and eight in random order (units of
- * neighbouring reads then share folios, and one read's unmapping takes
- * the other's pages away): the region reads as the file, each unit
+ * before), one thread in order (prefetch runs) and eight in random order
+ * (demand reads, through the store's second map; units of neighbouring
+ * reads then share folios, and one read's unmapping takes the other's
+ * pages away): the region reads as the file, each unit
  * installed once; what the store mapped for a read is unmapped again
  * after its install, so after the scan its mapping holds no page; the
  * mapping goes with the store. */
