@@ -42,8 +42,8 @@ struct upager_store {
 	/* Buffered file store: the file mapped read-only, so a worker
 	 * installs large reads from the page cache itself instead of
 	 * copying them into its buffer first (worker.c mapped_src()):
-	 * map for prefetch runs (a miss reads its folio and the next),
-	 * map_one for demand reads (a miss reads its own folio only).
+	 * map for a stream's readahead (a miss reads its folio and the
+	 * next), map_one for other reads (a miss reads its own folio).
 	 * NULL where the file could not be mapped; map_off is set once
 	 * the kernel declines populating them. */
 	const char *map, *map_one;
@@ -227,6 +227,8 @@ struct upager__req {
 	uint32_t tid;    /* faulting thread (0 if unknown) */
 	bool write;      /* a write fault: install writable and dirty */
 	bool demand;     /* a thread waits (else a prefetch) */
+	bool stream;     /* a prefetch of a stream's readahead (else of
+			    UPAGER_ADV_WILLNEED, or a demand fetch) */
 	uint32_t count;  /* units from `unit` on (prefetch runs); 0 means 1 */
 };
 
@@ -247,6 +249,7 @@ struct upager__pf {
 	size_t first;
 	uint32_t count;
 	bool write;      /* ahead of a write stream: install writable, dirty */
+	bool stream;     /* a stream's readahead (else UPAGER_ADV_WILLNEED) */
 };
 
 #define UPAGER__PF_CHUNK 256u

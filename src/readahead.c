@@ -61,9 +61,10 @@ static size_t fold_down(const struct upager__region *r, size_t fold, size_t v)
 }
 
 /* upager__prefetch(); write: the units are ahead of a write stream and go
- * in writable and dirty. */
+ * in writable and dirty; stream: they are a stream's readahead. */
 static size_t prefetch_run(upager_t *up, struct upager__region *r,
-			   size_t first, size_t count, bool wait, bool write)
+			   size_t first, size_t count, bool wait, bool write,
+			   bool stream)
 {
 	size_t queued = 0, end = first + count;
 	if (end > r->nunits)
@@ -82,7 +83,7 @@ static size_t prefetch_run(upager_t *up, struct upager__region *r,
 		if (u == end)
 			break;
 		struct upager__pf pf = { .r = r, .first = u, .count = 0,
-					 .write = write };
+					 .write = write, .stream = stream };
 		while (u < end && pf.count < chunk &&
 		       unit_cas(r->state, u, UNIT_EMPTY, UNIT_QUEUED)) {
 			pf.count++;
@@ -116,7 +117,7 @@ static size_t prefetch_run(upager_t *up, struct upager__region *r,
 size_t upager__prefetch(upager_t *up, struct upager__region *r, size_t first,
 			size_t count, bool wait)
 {
-	return prefetch_run(up, r, first, count, wait, false);
+	return prefetch_run(up, r, first, count, wait, false, false);
 }
 
 /*
@@ -208,9 +209,9 @@ static void queue_span(upager_t *up, struct upager__region *r, size_t a,
 {
 	size_t w = wend < a ? a : (wend > b ? b : wend);
 	if (w > a)
-		prefetch_run(up, r, a, w - a, false, true);
+		prefetch_run(up, r, a, w - a, false, true, true);
 	if (b > w)
-		prefetch_run(up, r, w, b - w, false, false);
+		prefetch_run(up, r, w, b - w, false, false, true);
 }
 
 /* A write stream's window [a, b) holds units installed clean (read

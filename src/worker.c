@@ -538,10 +538,10 @@ static struct io_uring_sqe *get_sqe(struct upager__worker *w)
  * worker's reads in flight stay what its arena allows. Returns where the
  * range is mapped, or NULL to read as usual. */
 static const char *mapped_src(const struct upager__region *r, uint64_t off,
-			      size_t len, size_t want, bool demand)
+			      size_t len, size_t want, bool stream)
 {
 	const upager_store_t *s = r->store;
-	const char *map = demand ? s->map_one : s->map;
+	const char *map = stream ? s->map : s->map_one;
 	if (!map || atomic_load_explicit(&s->map_off, memory_order_relaxed) ||
 	    len < MAPPED_MIN || want != len || (off & (ALIGN - 1)) ||
 	    off > s->map_len || len > s->map_len - off)
@@ -549,15 +549,16 @@ static const char *mapped_src(const struct upager__region *r, uint64_t off,
 	return map + off;
 }
 
-/* mapped_src() for a run of n units of r from unit u; demand: a thread
- * waits for it, and a random one may well be alone: its miss reads no
- * folio past its own (store.c map_file()). */
+/* mapped_src() for a run of n units of r from unit u; stream: a stream's
+ * readahead, whose misses may read the next folio too. Any other read
+ * (a demand fetch, UPAGER_ADV_WILLNEED) may well be alone: its miss
+ * reads no folio past its own (store.c map_file()). */
 static const char *run_mapped_src(const struct upager__region *r, size_t u,
-				  size_t n, bool demand)
+				  size_t n, bool stream)
 {
 	return mapped_src(r, r->offset + ((uint64_t)u << r->page_shift),
 			  n << r->page_shift, upager__run_want(r, u, n),
-			  demand);
+			  stream);
 }
 
 static void submit_populate(struct upager__worker *w, struct slot *sl)
@@ -639,7 +640,7 @@ static bool start(struct upager__worker *w, const struct upager__req *j)
 	/* O_DIRECT reads whole pages: at most sl->pages of them. */
 	sl->io_len = r->store->flags & UPAGER_STORE_DIRECT ?
 		     round_up(sl->skip + want, ALIGN) : want;
-	sl->src = run_mapped_src(r, u, n, j->demand);
+	sl->src = run_mapped_src(r, u, n, j->stream);
 	/* Fits: can_start said so. */
 	sl->buf = buf_alloc(w, r, n, sl->skip, sl->pages, sl->src != NULL);
 	w->free_head = sl->next_free;
@@ -817,12 +818,14 @@ static bool fill(struct upager__worker *w)
 			 * of it would be read into buffers, and copied twice,
 			 * while it waits only for a mapped read to finish. */
 			while (maxn > 1 && !can_start(w, r, pf->first, maxn) &&
-			       !run_mapped_src(r, pf->first, maxn, false))
+			       !run_mapped_src(r, pf->first, maxn,
+					       pf->stream))
 				maxn /= 2;
 			if (!can_start(w, r, pf->first, maxn))
 				return true; /* the batch waits for a slot */
 			struct upager__req j = { .r = r, .unit = pf->first,
-						 .write = pf->write };
+						 .write = pf->write,
+						 .stream = pf->stream };
 			/* A fault may have promoted a unit meanwhile, or a
 			 * REMOVE dropped it: then it is not ours, and the
 			 * run stops before it. */
