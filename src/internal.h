@@ -51,6 +51,15 @@ struct upager_store {
 	atomic_bool map_off;
 };
 
+/* Whether store s installs large reads from its maps of the file (worker.c
+ * mapped_src()), whose page cache holds it in 2 MiB folios. */
+#define UPAGER__FOLIO_SHIFT 21
+static inline bool upager__store_mapped(const upager_store_t *s)
+{
+	return s->map &&
+	       !atomic_load_explicit(&s->map_off, memory_order_relaxed);
+}
+
 /* Reads of an lz4 store alone with the caller's buffers (store_lz4.c),
  * for a signal handler, which must not allocate: @scratch holds
  * upager__lz4_scratch_size(s) bytes (0: s is not an lz4 store alone).

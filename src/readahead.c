@@ -44,12 +44,11 @@
  * (else no unit starts on a 2 MiB boundary). */
 static size_t fold_units(const struct upager__region *r)
 {
-	const upager_store_t *s = r->store;
-	if (!s->map || atomic_load_explicit(&s->map_off, memory_order_relaxed) ||
-	    r->page_shift >= 21 ||
+	if (!upager__store_mapped(r->store) ||
+	    r->page_shift >= UPAGER__FOLIO_SHIFT ||
 	    (r->offset & (((uint64_t)1 << r->page_shift) - 1)))
 		return 0;
-	return (size_t)1 << (21 - r->page_shift);
+	return (size_t)1 << (UPAGER__FOLIO_SHIFT - r->page_shift);
 }
 
 /* The last unit at or before v that starts on a 2 MiB boundary of the

@@ -361,10 +361,13 @@ static const char *map_base(const upager_store_t *s, const char *p)
  * cache's huge folios whole, so a narrower unmap would leave the rest of
  * a folio mapped, and counted in the process's RSS, for good. A
  * neighbouring read in flight that loses its mapping this way is not
- * harmed: UFFDIO_COPY faults its source in again. */
+ * harmed: UFFDIO_COPY faults its source in again. Nothing for p outside
+ * the maps. */
 static void unmap_source(const upager_store_t *s, const char *p, size_t len)
 {
 	const char *base = map_base(s, p);
+	if (!base)
+		return;
 	size_t lo = (size_t)(p - base) & ~(size_t)(HUGE_BYTES - 1);
 	size_t hi = round_up((size_t)(p - base) + len, HUGE_BYTES);
 	if (hi > s->map_len)
@@ -384,7 +387,7 @@ static void drop_source(const struct upager__worker *w,
 	const upager_store_t *s = j->r->store;
 	if (in_huge(w, data))
 		madvise((void *)data, HUGE_BYTES, MADV_DONTNEED);
-	else if (data && map_base(s, data))
+	else if (data)
 		unmap_source(s, data, job_units(j) << j->r->page_shift);
 }
 
@@ -542,8 +545,7 @@ static const char *mapped_src(const struct upager__region *r, uint64_t off,
 {
 	const upager_store_t *s = r->store;
 	const char *map = stream ? s->map : s->map_one;
-	if (!map || atomic_load_explicit(&s->map_off, memory_order_relaxed) ||
-	    len < MAPPED_MIN || want != len || (off & (ALIGN - 1)) ||
+	if (!map || !upager__store_mapped(s) || len < MAPPED_MIN || want != len || (off & (ALIGN - 1)) ||
 	    off > s->map_len || len > s->map_len - off)
 		return NULL;
 	return map + off;
@@ -640,7 +642,7 @@ static bool start(struct upager__worker *w, const struct upager__req *j)
 	/* O_DIRECT reads whole pages: at most sl->pages of them. */
 	sl->io_len = r->store->flags & UPAGER_STORE_DIRECT ?
 		     round_up(sl->skip + want, ALIGN) : want;
-	sl->src = run_mapped_src(r, u, n, j->stream);
+	sl->src = mapped_src(r, off, n << r->page_shift, want, j->stream);
 	/* Fits: can_start said so. */
 	sl->buf = buf_alloc(w, r, n, sl->skip, sl->pages, sl->src != NULL);
 	w->free_head = sl->next_free;
@@ -777,9 +779,10 @@ static bool has_slot(struct upager__worker *w)
  * is one of the page cache's huge folios, mapped and unmapped whole. */
 static size_t run_units(const struct upager__region *r, size_t u)
 {
-	const upager_store_t *s = r->store;
 	size_t n = RUN_BYTES >> r->page_shift;
-	if (s->map && !atomic_load_explicit(&s->map_off, memory_order_relaxed)) {
+	/* Only where mapped_src() can take the run: a store offset on a
+	 * page boundary. */
+	if (upager__store_mapped(r->store) && !(r->offset & (ALIGN - 1))) {
 		uint64_t off = r->offset + ((uint64_t)u << r->page_shift);
 		n = (size_t)((HUGE_BYTES - (off & (HUGE_BYTES - 1))) >>
 			     r->page_shift);
