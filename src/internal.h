@@ -34,6 +34,11 @@ struct upager_store {
 	enum upager__store_kind kind;
 	int fd;         /* file store: reads */
 	int wfd;        /* file store: writes (-1: read-only) */
+	/* Writable file store: O_DIRECT descriptor for write-back extents
+	 * on 4 KiB boundaries (wb_write.c), -1 if the file cannot be opened
+	 * so; dw_off is set once the kernel declines such a write. */
+	int dwfd;
+	atomic_bool dw_off;
 	unsigned flags; /* UPAGER_STORE_* */
 	struct upager_store_ops ops; /* custom store */
 	void *ctx;

@@ -18,8 +18,10 @@
 
 #include "internal.h"
 
-static void rc_close(int fd, int wfd)
+static void rc_close(int fd, int wfd, int dwfd)
 {
+	if (dwfd >= 0 && dwfd != fd && dwfd != wfd)
+		close(dwfd);
 	if (wfd >= 0 && wfd != fd)
 		close(wfd);
 	close(fd);
@@ -82,23 +84,30 @@ int upager_store_file(const char *path, unsigned flags, upager_store_t **out)
 	struct stat st;
 	if (fstat(fd, &st)) {
 		int rc = -errno;
-		rc_close(fd, wfd);
+		rc_close(fd, wfd, -1);
 		return rc;
 	}
 	upager_store_t *s = NULL;
 	if (!S_ISREG(st.st_mode) && !S_ISBLK(st.st_mode)) {
-		rc_close(fd, wfd);
+		rc_close(fd, wfd, -1);
 		return -EINVAL;
 	}
 	s = calloc(1, sizeof(*s));
 	if (!s) {
-		rc_close(fd, wfd);
+		rc_close(fd, wfd, -1);
 		return -ENOMEM;
 	}
 	atomic_init(&s->refs, 1);
 	s->kind = UPAGER__STORE_FILE;
 	s->fd = fd;
 	s->wfd = wfd;
+	s->dwfd = -1;
+	/* Write-back of whole pages bypasses the page cache (wb_write.c):
+	 * an O_DIRECT store's own descriptor, else one more. Best effort:
+	 * without it every write is buffered. */
+	if (rw)
+		s->dwfd = (flags & UPAGER_STORE_DIRECT) ?
+			  fd : open(path, O_RDWR | O_CLOEXEC | O_DIRECT);
 	s->flags = flags;
 	map_file(s, &st);
 	*out = s;
@@ -131,6 +140,7 @@ int upager_store_fd(int fd, unsigned flags, upager_store_t **out)
 	s->kind = UPAGER__STORE_FILE;
 	s->fd = fd;
 	s->wfd = -1; /* read-only: no write-back descriptor */
+	s->dwfd = -1;
 	s->flags = flags;
 	if (!(fl & O_DIRECT))
 		map_file(s, &st);
@@ -150,6 +160,7 @@ int upager_store_custom(const struct upager_store_ops *ops, void *ctx,
 	s->kind = UPAGER__STORE_CUSTOM;
 	s->fd = -1;
 	s->wfd = -1;
+	s->dwfd = -1;
 	s->ops = *ops;
 	s->ctx = ctx;
 	*out = s;
@@ -170,7 +181,7 @@ void upager_store_release(upager_store_t *s)
 			munmap((void *)s->map, (size_t)s->map_len);
 		if (s->map_one)
 			munmap((void *)s->map_one, (size_t)s->map_len);
-		rc_close(s->fd, s->wfd);
+		rc_close(s->fd, s->wfd, s->dwfd);
 	} else if (s->ops.release) {
 		s->ops.release(s->ctx);
 	}

@@ -30,6 +30,14 @@
  * region at its budget waits for a batch (bounded, 50 ms) before
  * installing anyway.
  *
+ * A batch's writes may still be in flight while the thread takes the next
+ * batch out (up to WB_DEPTH batches, each in its own slot of the scratch
+ * area): file stores write whole pages with O_DIRECT, which completes only
+ * once the device has them. Units of a batch stay BUSY, and resident, until
+ * it ends; the thread ends every batch in flight before it lets go of a
+ * region or answers a request, so a flush still returns only once the
+ * store has its units.
+ *
  * The writes themselves, to file and custom stores, are in wb_write.c.
  */
 #define _GNU_SOURCE
@@ -47,6 +55,7 @@
 
 #define BATCH 64u
 #define SCRATCH (16u << 20)
+#define SLOT (SCRATCH / WB_DEPTH) /* one batch's part of scratch */
 
 struct wb_req {
 	struct upager__region *r;
@@ -55,6 +64,17 @@ struct wb_req {
 	int rc;
 	bool done;
 	struct wb_req *next;
+};
+
+/* A batch taken out of its region, its writes maybe still in flight. */
+struct wb_batch {
+	struct upager__region *r;
+	bool evict;
+	size_t k;
+	char *scratch;          /* its SLOT bytes of the scratch area */
+	size_t used;
+	struct wb_item items[BATCH];
+	struct wb_io io;
 };
 
 struct upager__wb {
@@ -68,12 +88,18 @@ struct upager__wb {
 	uint64_t batches;
 	struct wb_req *reqs;
 	char *scratch;          /* SCRATCH bytes, registered WP-only */
-	size_t scratch_used;
+	char *cur;              /* the slot the batch taken out now fills */
+	size_t scratch_used;    /* its bytes used so far */
+	/* Batches with writes in flight, oldest first (ring of slots), all
+	 * of one region and one request; evicting: their units. */
+	struct wb_batch slot[WB_DEPTH];
+	unsigned head, nbusy;
+	size_t evicting;
 	bool move_ok;
 	int move_fd;            /* scratch's descriptor (no events), or -1 */
 	/* mincore() of a run of units a flush copies out (copy_run) */
 	unsigned char run_vec[BATCH * (UPAGER_PAGE_SIZE_MAX / 4096)];
-	struct io_uring ring;
+	struct wb_ring w;
 	bool ring_ok;
 };
 
@@ -265,7 +291,7 @@ static void copy_run(struct upager__wb *wb, struct upager__region *r,
 		memset(wb->run_vec, 0, len / PAGE);
 	for (size_t q = i; q < j; q++) {
 		memcpy(items[q].vec, wb->run_vec + (q - i) * npages, npages);
-		copy_pages(r, &items[q], wb->scratch + wb->scratch_used);
+		copy_pages(r, &items[q], wb->cur + wb->scratch_used);
 		wb->scratch_used += r->page_size;
 	}
 }
@@ -319,14 +345,14 @@ static void take_out_all(struct upager__wb *wb, struct upager__region *r,
 	if (!wb->move_ok) {
 		for (size_t i = 0; i < k; i++) {
 			copy_out(wb, r, &items[i], evict,
-				 wb->scratch + wb->scratch_used);
+				 wb->cur + wb->scratch_used);
 			if (items[i].data)
 				wb->scratch_used += r->page_size;
 		}
 		return;
 	}
 	/* Scratch units the items do not need: room for gaps. */
-	size_t spare = (SCRATCH >> r->page_shift) - k;
+	size_t spare = (SLOT >> r->page_shift) - k;
 	for (size_t i = 0, j; i < k; i = j) {
 		size_t first = items[i].u;
 		j = i + 1;
@@ -340,7 +366,7 @@ static void take_out_all(struct upager__wb *wb, struct upager__region *r,
 		}
 		size_t last = items[j - 1].u;
 		size_t len = (last - first + 1) << r->page_shift, moved;
-		char *slot = wb->scratch + wb->scratch_used;
+		char *slot = wb->cur + wb->scratch_used;
 		move_some(wb->up, wb->move_fd, (uintptr_t)slot,
 			  unit_addr(r, first), len, &moved);
 		wb->scratch_used += len;
@@ -413,49 +439,111 @@ static void settle(struct upager__wb *wb, struct upager__region *r,
 	upager__space_wake(&up->home, ua, r->page_size);
 }
 
-static void scratch_reset(struct upager__wb *wb)
+/* Empties a batch's scratch slot. No event: scratch is registered on a
+ * descriptor without them. */
+static void slot_reset(struct wb_batch *bt)
 {
-	if (!wb->scratch_used)
-		return;
-	/* No event: scratch is registered on a descriptor without them. */
-	madvise(wb->scratch, wb->scratch_used, MADV_DONTNEED);
-	wb->scratch_used = 0;
+	if (bt->used)
+		madvise(bt->scratch, bt->used, MADV_DONTNEED);
+	bt->used = 0;
 }
 
-/* Writes back (and with evict, drops) the given units of r. Returns 0 or
- * the first write error. */
+/* Ends the oldest batch in flight: waits for its writes, then settles its
+ * units. Returns 0 or its first write error. */
+static int finish_oldest(struct upager__wb *wb)
+{
+	struct wb_batch *bt = &wb->slot[wb->head];
+	struct upager__region *r = bt->r;
+	int first_err = 0;
+	upager__wb_io_wait(&wb->w, &bt->io);
+	for (size_t i = 0; i < bt->k; i++) {
+		struct wb_item *it = &bt->items[i];
+		if (!it->data || !(it->b & UNIT_DIRTY) || !r->writeback)
+			continue;
+		if (it->rc) {
+			CNT_INC(&r->cnt, write_errors, 1);
+			if (!first_err)
+				first_err = it->rc;
+		} else {
+			CNT_INC(&r->cnt, writebacks, 1);
+			/* The store has its bytes now. */
+			unit_update(r->state, it->u, UNIT_BUSY, UNIT_BUSY, 0,
+				    UNIT_ZEROED);
+		}
+	}
+	for (size_t i = 0; i < bt->k; i++)
+		settle(wb, r, &bt->items[i], bt->evict);
+	slot_reset(bt);
+	if (bt->evict)
+		wb->evicting -= bt->k;
+	wb->head = (wb->head + 1) % WB_DEPTH;
+	wb->nbusy--;
+	pthread_mutex_lock(&wb->lock);
+	wb->batches++;
+	pthread_cond_broadcast(&wb->done_cv);
+	pthread_mutex_unlock(&wb->lock);
+	return first_err;
+}
+
+/* Ends every batch in flight. Returns 0 or the first write error. */
+static int drain(struct upager__wb *wb)
+{
+	int first_err = 0;
+	while (wb->nbusy) {
+		int rc = finish_oldest(wb);
+		if (rc && !first_err)
+			first_err = rc;
+	}
+	return first_err;
+}
+
+/* Writes back (and with evict, drops) the given units of r, in batches
+ * that one slot of scratch holds. Each batch's writes are left in flight
+ * while the next is taken out; the caller ends them with drain() before
+ * it lets go of r or answers a request. Returns 0 or the first write
+ * error of the batches ended here. */
 static int process(struct upager__wb *wb, struct upager__region *r,
 		   const size_t *units, size_t n, bool evict)
 {
-	struct wb_item items[BATCH];
 	int first_err = 0;
-	size_t per = SCRATCH / r->page_size;
+	size_t per = SLOT / r->page_size;
 	if (per > BATCH)
 		per = BATCH;
 	for (size_t done = 0; done < n;) {
 		size_t take = n - done < per ? n - done : per;
-		size_t k = claim(r, units + done, take, evict, items);
-		done += take;
-		take_out_all(wb, r, items, k, evict);
-		upager__wb_write_items(&wb->ring, r, items, k);
-		for (size_t i = 0; i < k; i++) {
-			struct wb_item *it = &items[i];
-			if (!it->data || !(it->b & UNIT_DIRTY) || !r->writeback)
-				continue;
-			if (it->rc) {
-				CNT_INC(&r->cnt, write_errors, 1);
-				if (!first_err)
-					first_err = it->rc;
-			} else {
-				CNT_INC(&r->cnt, writebacks, 1);
-				/* The store has its bytes now. */
-				unit_update(r->state, it->u, UNIT_BUSY,
-					    UNIT_BUSY, 0, UNIT_ZEROED);
-			}
+		if (wb->nbusy == WB_DEPTH) {
+			int rc = finish_oldest(wb);
+			if (rc && !first_err)
+				first_err = rc;
 		}
-		for (size_t i = 0; i < k; i++)
-			settle(wb, r, &items[i], evict);
-		scratch_reset(wb);
+		struct wb_batch *bt =
+			&wb->slot[(wb->head + wb->nbusy) % WB_DEPTH];
+		size_t k = claim(r, units + done, take, evict, bt->items);
+		done += take;
+		if (!k)
+			continue;
+		wb->cur = bt->scratch;
+		wb->scratch_used = 0;
+		take_out_all(wb, r, bt->items, k, evict);
+		bt->used = wb->scratch_used;
+		bt->r = r;
+		bt->k = k;
+		bt->evict = evict;
+		if (evict)
+			wb->evicting += k;
+		wb->nbusy++;
+		upager__wb_io_start(&wb->w, &bt->io, r, bt->items, k);
+		/* Batches whose writes are done already (a custom store's,
+		 * a batch of clean units, a quick device) end now: the
+		 * region gets its room back, the faults waiting on their
+		 * units go on. */
+		upager__wb_poll(&wb->w);
+		while (wb->nbusy &&
+		       upager__wb_io_done(&wb->slot[wb->head].io)) {
+			int rc = finish_oldest(wb);
+			if (rc && !first_err)
+				first_err = rc;
+		}
 	}
 	return first_err;
 }
@@ -517,19 +605,18 @@ static void evict_region(struct upager__wb *wb, struct upager__region *r,
 {
 	size_t units[BATCH];
 	for (int rounds = 0; rounds < 64; rounds++) {
+		/* Units whose batch is in flight are resident until it ends. */
 		size_t res = atomic_load(&r->resident);
+		res = res > wb->evicting ? res - wb->evicting : 0;
 		if (res <= low)
-			return;
+			break;
 		size_t want = res - low < BATCH ? res - low : BATCH;
 		size_t n = pick(r, units, want);
 		if (n == 0)
-			return;
+			break;
 		process(wb, r, units, n, true);
-		pthread_mutex_lock(&wb->lock);
-		wb->batches++;
-		pthread_cond_broadcast(&wb->done_cv);
-		pthread_mutex_unlock(&wb->lock);
 	}
+	drain(wb);
 }
 
 /* Regions over their high watermark, with a reference each. */
@@ -604,6 +691,9 @@ static void serve_requests(struct upager__wb *wb)
 			if (e && !rc)
 				rc = e;
 		}
+		int e = drain(wb);
+		if (e && !rc)
+			rc = e;
 		pthread_mutex_lock(&wb->lock);
 		q->rc = rc;
 		q->done = true;
@@ -750,7 +840,7 @@ int upager__wb_start(upager_t *up)
 	pthread_mutex_init(&wb->lock, NULL);
 	pthread_cond_init(&wb->cv, NULL);
 	pthread_cond_init(&wb->done_cv, NULL);
-	int rc = io_uring_queue_init(WB_RING, &wb->ring, 0);
+	int rc = io_uring_queue_init(WB_RING, &wb->w.ring, 0);
 	if (rc < 0)
 		goto fail;
 	wb->ring_ok = true;
@@ -762,6 +852,8 @@ int upager__wb_start(upager_t *up)
 		goto fail;
 	}
 	madvise(wb->scratch, SCRATCH, MADV_DONTFORK);
+	for (unsigned i = 0; i < WB_DEPTH; i++)
+		wb->slot[i].scratch = wb->scratch + (size_t)i * SLOT;
 	/* UFFDIO_MOVE needs its destination registered on the descriptor
 	 * it is issued on. Scratch has one of its own, without events: the
 	 * madvise that empties it after every batch would otherwise be a
@@ -794,7 +886,7 @@ fail:
 	if (wb->scratch)
 		munmap(wb->scratch, SCRATCH);
 	if (wb->ring_ok)
-		io_uring_queue_exit(&wb->ring);
+		io_uring_queue_exit(&wb->w.ring);
 	pthread_mutex_destroy(&wb->lock);
 	pthread_cond_destroy(&wb->cv);
 	pthread_cond_destroy(&wb->done_cv);
@@ -815,7 +907,7 @@ void upager__wb_stop(upager_t *up)
 	if (wb->move_fd >= 0)
 		close(wb->move_fd);
 	munmap(wb->scratch, SCRATCH);
-	io_uring_queue_exit(&wb->ring);
+	io_uring_queue_exit(&wb->w.ring);
 	pthread_mutex_destroy(&wb->lock);
 	pthread_cond_destroy(&wb->cv);
 	pthread_cond_destroy(&wb->done_cv);

@@ -52,8 +52,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <linux/io_uring.h>
+#include <linux/magic.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <sys/wait.h>
@@ -741,17 +743,17 @@ static void test_flush_durable_partial(void **state)
 	free(want);
 }
 
-/* A store opened with UPAGER_STORE_DIRECT reads with O_DIRECT and writes
- * back through the page cache (a second descriptor): units evicted and
- * read again must come back as written, and a flush must reach the file,
- * for aligned regions, a region with a partial last unit and one at an
- * unaligned store offset. */
-static void direct_flush_run(uint64_t offset, size_t len)
+/* Write-back writes whole pages with O_DIRECT and the rest (a partial
+ * last unit, every extent of a region at an unaligned store offset)
+ * through the page cache, whether the store reads with O_DIRECT (@flags
+ * UPAGER_STORE_DIRECT) or not: units evicted and read again must come back
+ * as written, and a flush must reach the file, for aligned regions, a
+ * region with a partial last unit and one at an unaligned store offset. */
+static void flush_run(unsigned flags, uint64_t offset, size_t len)
 {
 	size_t page = 4 * TU_KIB, file_len = offset + len + 5000;
 	const char *path = tu_make_file("flush-direct.dat", file_len);
-	upager_store_t *s = tu_store_file(path, UPAGER_STORE_WRITABLE |
-					  UPAGER_STORE_DIRECT);
+	upager_store_t *s = tu_store_file(path, UPAGER_STORE_WRITABLE | flags);
 	upager_t *up = tu_runtime(NULL);
 	void *addr = NULL;
 	struct upager_map_opts o = { .page_size = page,
@@ -785,9 +787,75 @@ static void direct_flush_run(uint64_t offset, size_t len)
 static void test_flush_durable_direct(void **state)
 {
 	(void)state;
-	direct_flush_run(0, 64 * TU_KIB);
-	direct_flush_run(8 * TU_KIB, 64 * TU_KIB + 1000); /* a tail */
-	direct_flush_run(1000, 48 * TU_KIB);              /* unaligned */
+	flush_run(UPAGER_STORE_DIRECT, 0, 64 * TU_KIB);
+	flush_run(UPAGER_STORE_DIRECT, 8 * TU_KIB, 64 * TU_KIB + 1000);
+	flush_run(UPAGER_STORE_DIRECT, 1000, 48 * TU_KIB);
+}
+
+static void test_flush_durable_offsets(void **state)
+{
+	(void)state;
+	flush_run(0, 0, 64 * TU_KIB);
+	flush_run(0, 8 * TU_KIB, 64 * TU_KIB + 1000); /* a tail */
+	flush_run(0, 1000, 48 * TU_KIB);              /* unaligned */
+}
+
+/* Pages of the file cached in the page cache (mincore of a map). */
+static size_t cached_pages(const char *path, size_t len)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	assert_true(fd >= 0);
+	void *m = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
+	assert_true(m != MAP_FAILED);
+	size_t n = len / 4096, k = 0;
+	unsigned char *vec = xmalloc(n);
+	assert_int_equal(mincore(m, len, vec), 0);
+	for (size_t i = 0; i < n; i++)
+		k += vec[i] & 1;
+	free(vec);
+	munmap(m, len);
+	close(fd);
+	return k;
+}
+
+/* Write-back of whole pages bypasses the page cache: after a region four
+ * times its budget is written through and flushed, the file holds every
+ * byte and the page cache does not hold them a second time (a buffered
+ * write-back leaves every page of it cached: 1024 of 1024 here). */
+static void test_flush_bypasses_page_cache(void **state)
+{
+	(void)state;
+	size_t page = 4 * TU_KIB, len = 4 * TU_MIB;
+	const char *path = tu_make_file("flush-nocache.dat", len);
+	struct statfs fs;
+	assert_int_equal(statfs(path, &fs), 0);
+	if (fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC)
+		tu_skip("%s is in memory: its page cache is the file", path);
+	upager_store_t *s = tu_store_file(path, UPAGER_STORE_WRITABLE);
+	upager_t *up = tu_runtime(NULL);
+	uint8_t *a = map_or_skip(up, s, len, page, UPAGER_MAP_WRITEBACK,
+				 len / 4);
+	upager_store_release(s);
+	uint8_t *want = xmalloc(len);
+	uint64_t rng = 21;
+	tu_fill_text(want, len, &rng);
+	for (size_t off = 0; off < len; off += page)
+		memcpy(a + off, want + off, page);
+	TU_OK(upager_flush(up, a, len));
+	struct upager_stats st = tu_stats(up, a);
+	assert_int_equal(st.write_errors, 0);
+	assert_true(st.evictions > 0);
+	/* Before the comparison below, which reads the file into the
+	 * page cache. */
+	size_t cached = cached_pages(path, len);
+	if (cached > len / page / 4)
+		fail_msg("%zu of %zu pages of the file cached after write-back",
+			 cached, len / page);
+	child_compare(path, want, len, 0);
+	assert_same(a, want, len, "region");
+	TU_OK(upager_unmap(up, a));
+	upager_destroy(up);
+	free(want);
 }
 
 /* ---- write errors ---- */
@@ -1696,6 +1764,8 @@ static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(test_flush_durable_under_budget),
 	cmocka_unit_test(test_flush_durable_partial),
 	cmocka_unit_test(test_flush_durable_direct),
+	cmocka_unit_test(test_flush_durable_offsets),
+	cmocka_unit_test(test_flush_bypasses_page_cache),
 	cmocka_unit_test(test_flush_durable_after_write_fault),
 	cmocka_unit_test(test_flush_durable_sparse),
 	cmocka_unit_test(test_flush_durable_sparse_inline),
