@@ -199,15 +199,15 @@ static size_t claim_run(struct upager__region *r, size_t u, bool stream)
 	return n;
 }
 
-/* Reads io_len bytes of r's file store at foff into p with pread(2).
- * Returns the bytes read (fewer at the end of the file) or -errno. */
-static ssize_t read_file(struct upager__region *r, char *p, size_t io_len,
+/* Reads io_len bytes of r's file store at foff into p with pread(2),
+ * through fd (O_DIRECT if @direct). Returns the bytes read (fewer at the
+ * end of the file) or -errno. */
+static ssize_t read_file(int fd, bool direct, char *p, size_t io_len,
 			 uint64_t foff)
 {
-	bool direct = r->store->flags & UPAGER_STORE_DIRECT;
 	size_t got = 0;
 	while (got < io_len) {
-		ssize_t k = pread(r->store->fd, p + got, io_len - got,
+		ssize_t k = pread(fd, p + got, io_len - got,
 				  (off_t)(foff + got));
 		if (k < 0 && errno == EINTR)
 			continue;
@@ -223,13 +223,15 @@ static ssize_t read_file(struct upager__region *r, char *p, size_t io_len,
 }
 
 /* Reads units [u, u+n) of r into b: want store bytes, then zeros.
- * A file store is read with pread(2); an lz4 store alone is decompressed
+ * A file store is read with pread(2), with O_DIRECT where the store reads
+ * so or, no @stream's read, upager__store_read_direct() says so (a random
+ * miss then costs no page-cache page); an lz4 store alone is decompressed
  * in this thread, with the scratch space for one block after the units
  * in the same pool buffer (nothing allocated here), taking one stripe
  * mutex for the copy of each block's compressed bytes (see the top of
  * this file for why a lock is safe here). Returns 0 or -errno. */
 static int read_units(struct upager__region *r, size_t u, size_t n,
-		      size_t want, char **data, struct buf **bp)
+		      size_t want, bool stream, char **data, struct buf **bp)
 {
 	upager_store_t *s = r->store;
 	size_t len = n << r->page_shift;
@@ -239,7 +241,16 @@ static int read_units(struct upager__region *r, size_t u, size_t n,
 	if (!file && !scratch)
 		return -EINVAL; /* space.c maps no other store here */
 	size_t skip = 0, io_len = want;
-	if (file && (s->flags & UPAGER_STORE_DIRECT)) {
+	bool direct = file && (s->flags & UPAGER_STORE_DIRECT);
+	int fd = s->fd;
+	if (file && !direct && !stream &&
+	    upager__store_read_direct(s, off & ~(uint64_t)(ALIGN - 1),
+				      round_up((size_t)(off & (ALIGN - 1)) +
+					       want, ALIGN))) {
+		direct = true;
+		fd = s->dwfd;
+	}
+	if (direct) {
 		foff = off & ~(uint64_t)(ALIGN - 1);
 		skip = (size_t)(off - foff);
 		io_len = round_up(skip + want, ALIGN);
@@ -252,7 +263,15 @@ static int read_units(struct upager__region *r, size_t u, size_t n,
 		return -ENOMEM;
 	ssize_t got;
 	if (file) {
-		got = read_file(r, b->p, io_len, foff);
+		got = read_file(fd, direct, b->p, io_len, foff);
+		if (got == -EINVAL && fd != s->fd) {
+			/* The kernel declines O_DIRECT here: buffered, from
+			 * now on (the write-back's too). */
+			atomic_store(&s->dw_off, true);
+			skip = 0;
+			io_len = want;
+			got = read_file(s->fd, false, b->p, io_len, off);
+		}
 	} else {
 		int rc = upager__lz4_read_scratch(s, b->p, want, off,
 						  b->p + need);
@@ -327,7 +346,7 @@ static enum outcome fetch(struct upager__region *r, size_t u, bool write,
 			memset(b->p, 0, n << r->page_shift);
 			data = b->p;
 		}
-	} else if (read_units(r, u, n, want, &data, &b)) {
+	} else if (read_units(r, u, n, want, stream, &data, &b)) {
 		return fail_fetch(r, u, n);
 	}
 	if (!b)

@@ -76,6 +76,13 @@ int upager__lz4_read_scratch(upager_store_t *s, void *buf, size_t len,
 /* Bytes the store holds, or UINT64_MAX when it has no end. */
 int upager__store_size(upager_store_t *s, uint64_t *size) UPAGER__HIDDEN;
 void upager__store_ref(upager_store_t *s) UPAGER__HIDDEN;
+/* Whether a read of [off, off + len) of buffered file store s, no stream's
+ * readahead, goes through its O_DIRECT descriptor instead: off and len on
+ * 4 KiB boundaries, the range inside the file's map and none of it in the
+ * page cache (which then would only hold a second copy of what the region
+ * gets). Async-signal-safe. */
+bool upager__store_read_direct(upager_store_t *s, uint64_t off,
+			       size_t len) UPAGER__HIDDEN;
 
 /* ---- per-unit state: one byte per install unit ---- */
 

@@ -167,6 +167,23 @@ int upager_store_custom(const struct upager_store_ops *ops, void *ctx,
 	return 0;
 }
 
+bool upager__store_read_direct(upager_store_t *s, uint64_t off, size_t len)
+{
+	enum { CHECK_MAX = 64 }; /* pages looked up: up to 256 KiB */
+	if (s->dwfd < 0 || (s->flags & UPAGER_STORE_DIRECT) || !s->map_one ||
+	    atomic_load_explicit(&s->dw_off, memory_order_relaxed) ||
+	    ((off | len) & 4095) || !len || len > CHECK_MAX * 4096u ||
+	    off + len > s->map_len)
+		return false;
+	unsigned char vec[CHECK_MAX];
+	if (mincore((void *)(s->map_one + off), len, vec))
+		return false;
+	for (size_t i = 0; i < len / 4096; i++)
+		if (vec[i] & 1)
+			return false;
+	return true;
+}
+
 void upager__store_ref(upager_store_t *s)
 {
 	atomic_fetch_add(&s->refs, 1);

@@ -59,6 +59,8 @@ struct slot {
 	size_t io_len;  /* bytes to read from foff */
 	size_t got;
 	const char *src; /* mapped read: the bytes in the store's map */
+	int fd;         /* read from: the store's descriptor, or its O_DIRECT
+			   one (upager__store_read_direct()) */
 	int next_free;
 };
 
@@ -574,7 +576,7 @@ static void submit_populate(struct upager__worker *w, struct slot *sl)
 static void submit_read(struct upager__worker *w, struct slot *sl)
 {
 	struct io_uring_sqe *sqe = get_sqe(w);
-	io_uring_prep_read(sqe, sl->job.r->store->fd, sl->buf + sl->got,
+	io_uring_prep_read(sqe, sl->fd, sl->buf + sl->got,
 			   (unsigned)(sl->io_len - sl->got), sl->foff + sl->got);
 	io_uring_sqe_set_data64(sqe, (uint64_t)(sl - w->slots) + 1);
 }
@@ -643,6 +645,14 @@ static bool start(struct upager__worker *w, const struct upager__req *j)
 	sl->io_len = r->store->flags & UPAGER_STORE_DIRECT ?
 		     round_up(sl->skip + want, ALIGN) : want;
 	sl->src = mapped_src(r, off, n << r->page_shift, want, j->stream);
+	/* A miss that is no stream's: around the page cache where none of
+	 * it is cached (whole pages only, so the buffer is as for a
+	 * buffered read). */
+	sl->fd = r->store->fd;
+	if (!sl->src && !j->stream && sl->skip == 0 &&
+	    !((off | want) & (ALIGN - 1)) &&
+	    upager__store_read_direct(r->store, off, want))
+		sl->fd = r->store->dwfd;
 	/* Fits: can_start said so. */
 	sl->buf = buf_alloc(w, r, n, sl->skip, sl->pages, sl->src != NULL);
 	w->free_head = sl->next_free;
@@ -701,6 +711,13 @@ static void on_read(struct upager__worker *w, struct slot *sl, int res)
 	if (sl->src) {
 		on_populate(w, sl, res);
 		return;
+	}
+	if (res == -EINVAL && sl->fd != r->store->fd) {
+		/* The kernel declines O_DIRECT here: buffered, from now on
+		 * (the write-back's too). */
+		atomic_store(&r->store->dw_off, true);
+		sl->fd = r->store->fd;
+		res = -EAGAIN;
 	}
 	if (res == -EAGAIN || res == -EINTR) {
 		submit_read(w, sl);

@@ -1640,6 +1640,84 @@ static void test_pinned_unit_evicted_intact(void **state)
 	free(got);
 }
 
+/* Misses that are no stream's read around the page cache where none of
+ * the unit is cached: after random reads of a cold file (and a write in
+ * every fourth unit read), the region holds the file's bytes and the page
+ * cache none of them (a buffered read leaves each unit read cached, and
+ * some around it: 652 of 1024 pages for 446 units of 4 KiB with the
+ * library before). Units the page cache does
+ * hold (written to the file after the region was mapped, not yet on the
+ * disk) still read as the file has them. */
+static void demand_direct_run(unsigned cfg_flags, size_t page)
+{
+	size_t len = 4 * TU_MIB, units = len / page;
+	const char *path = tu_make_file("demand-direct.dat", len);
+	struct statfs fs;
+	assert_int_equal(statfs(path, &fs), 0);
+	if (fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC)
+		tu_skip("%s is in memory: its page cache is the file", path);
+	int fd = open(path, O_RDWR | O_CLOEXEC);
+	assert_true(fd >= 0);
+	assert_int_equal(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
+	assert_int_equal(cached_pages(path, len), 0);
+	upager_store_t *s = tu_store_file(path, UPAGER_STORE_WRITABLE);
+	struct upager_config cfg = { .flags = cfg_flags };
+	upager_t *up = tu_runtime(&cfg);
+	uint8_t *a = map_or_skip(up, s, len, page, UPAGER_MAP_WRITEBACK, 0);
+	upager_store_release(s);
+	TU_OK(upager_advise(up, a, len, UPAGER_ADV_RANDOM));
+	uint8_t *want = xmalloc(len);
+	tu_fill(want, 0, len);
+
+	/* Units 7, 7 + 8, ... are rewritten in the file, through the page
+	 * cache, before the region reads them. */
+	uint64_t rng = 3;
+	for (size_t u = 7; u < units; u += 8) {
+		tu_fill_text(want + u * page, page, &rng);
+		assert_true(pwrite(fd, want + u * page, page,
+				   (off_t)(u * page)) == (ssize_t)page);
+	}
+	size_t written = units / 8, order[1024];
+	assert_true(units <= 1024);
+	tu_shuffle(order, units, 17, true);
+	size_t read = 0;
+	for (size_t i = 0; i < units / 2; i++) {
+		size_t u = order[i];
+		if (u % 8 == 7)
+			continue;
+		assert_same(a + u * page, want + u * page, page, "unit read");
+		if (i % 4 == 0)
+			a[u * page + 5] = want[u * page + 5] ^= 0x5a;
+		read++;
+	}
+	size_t cached = cached_pages(path, len);
+	if (cached > written * (page / 4096))
+		fail_msg("%zu pages cached after reading %zu cold units (%zu "
+			 "pages written through the page cache)", cached, read,
+			 written * (page / 4096));
+	assert_same(a, want, len, "region");
+	TU_OK(upager_flush(up, a, len));
+	child_compare(path, want, len, 0);
+	TU_OK(upager_unmap(up, a));
+	upager_destroy(up);
+	close(fd);
+	free(want);
+}
+
+static void test_demand_reads_direct(void **state)
+{
+	(void)state;
+	demand_direct_run(0, 4 * TU_KIB);
+	demand_direct_run(0, 64 * TU_KIB);
+}
+
+static void test_demand_reads_direct_inline(void **state)
+{
+	(void)state;
+	demand_direct_run(UPAGER_CFG_INLINE, 4 * TU_KIB);
+	demand_direct_run(UPAGER_CFG_INLINE, 64 * TU_KIB);
+}
+
 static void test_unmap_and_destroy_write_back(void **state)
 {
 	(void)state;
@@ -1782,6 +1860,8 @@ static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(test_write_error_eviction_keeps_data),
 	cmocka_unit_test(test_advice_dontneed_writes_back),
 	cmocka_unit_test(test_pinned_unit_evicted_intact),
+	cmocka_unit_test(test_demand_reads_direct),
+	cmocka_unit_test(test_demand_reads_direct_inline),
 	cmocka_unit_test(test_unmap_and_destroy_write_back),
 	cmocka_unit_test(test_bad_input),
 };
