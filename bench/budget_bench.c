@@ -69,7 +69,7 @@
 
 struct opts {
 	uint64_t budget, size;
-	uint64_t ops, file_ops;
+	uint64_t ops, file_ops, file_write_every;
 	size_t page, seq_page, file_page, readahead;
 	uint64_t headroom;
 	bool headroom_auto; /* not given; 0 when the budget leaves no room */
@@ -84,6 +84,7 @@ static struct opts O = {
 	.size = GIB,
 	.ops = 300000,
 	.file_ops = 40000,
+	.file_write_every = 3,
 	.page = PG,
 	.seq_page = 64 * KIB,
 	.file_page = PG,
@@ -103,6 +104,9 @@ static void usage(FILE *f)
 "  --size BYTES       data set (default 1G, i.e. 4x the budget)\n"
 "  --ops N            random page touches, compressed comparison (300000)\n"
 "  --file-ops N       random page reads/writes, file comparison (40000)\n"
+"  --file-write-every N\n"
+"                     file comparison: one random touch in N also\n"
+"                     writes (3; 0: reads only)\n"
 "  --page BYTES       upager install unit for random access (4K)\n"
 "  --seq-page BYTES   upager install unit for sequential access (64K)\n"
 "  --file-page-size BYTES\n"
@@ -147,6 +151,7 @@ static void parse_opts(int argc, char **argv)
 		{ "size", required_argument, 0, 's' },
 		{ "ops", required_argument, 0, 'o' },
 		{ "file-ops", required_argument, 0, 'O' },
+		{ "file-write-every", required_argument, 0, 'W' },
 		{ "page", required_argument, 0, 'p' },
 		{ "seq-page", required_argument, 0, 'P' },
 		{ "file-page-size", required_argument, 0, 'F' },
@@ -172,6 +177,10 @@ static void parse_opts(int argc, char **argv)
 		case 's': ok = parse_size(optarg, &O.size); break;
 		case 'o': ok = parse_size(optarg, &O.ops); break;
 		case 'O': ok = parse_size(optarg, &O.file_ops); break;
+		case 'W':
+			ok = parse_size(optarg, &O.file_write_every) &&
+			     O.file_write_every <= UINT32_MAX;
+			break;
 		case 'p': ok = parse_size(optarg, &v); O.page = v; break;
 		case 'P': ok = parse_size(optarg, &v); O.seq_page = v; break;
 		case 'F': ok = parse_size(optarg, &v); O.file_page = v; break;
@@ -457,8 +466,8 @@ static void phase_fill(uint8_t *base, size_t len, struct phase *ph)
 	ph->ran = true;
 }
 
-/* Random 4 KiB page touches: a word read from each, one in ten also
- * writes a word, one in @write_every if that is not 10. */
+/* Random 4 KiB page touches: a word read from each, one in @write_every
+ * also writes a word (none if 0). */
 static void phase_random(uint8_t *base, size_t len, uint64_t ops,
 			 unsigned write_every, struct phase *ph)
 {
@@ -471,7 +480,7 @@ static void phase_random(uint8_t *base, size_t len, uint64_t ops,
 		volatile uint64_t *w = (volatile uint64_t *)(base + pg * PG +
 							     off);
 		sum = sum * 31 + *w;
-		if ((r >> 20) % write_every == 0)
+		if (write_every && (r >> 20) % write_every == 0)
 			*w = text_word(r >> 7);
 	}
 	ph->secs = now_s() - t0;
@@ -516,7 +525,7 @@ static void file_workload(uint8_t *base, size_t len, const struct side_ops *so,
 	so->hint(so->ctx, base, len, false);
 	struct phase *ph = &r->ph[PH_RAND];
 	double c0 = cpu_s();
-	phase_random(base, len, O.file_ops, 3, ph);
+	phase_random(base, len, O.file_ops, (unsigned)O.file_write_every, ph);
 	double t0 = now_s(), c1 = cpu_s();
 	so->sync(so->ctx, base, len, r);
 	ph->sync_secs = now_s() - t0;
