@@ -175,13 +175,19 @@ UPAGER_API void upager_destroy(upager_t *up);
 				    buffers: no page-cache pollution */
 #define UPAGER_STORE_WRITABLE 0x2u /* open read-write: regions mapped
 				      with UPAGER_MAP_WRITEBACK write
-				      their changes back to the file */
+				      their changes back to the file
+				      (whole pages with O_DIRECT where
+				      the file system allows it) */
 
 /*! upager_store_file() :
  * A store backed by a regular file, read (and written) through io_uring.
  * The file is opened close-on-exec, read-only unless UPAGER_STORE_WRITABLE;
  * its size is read at each upager_map(): bytes past the end read as zeros.
  * Write-back may extend the file up to the end of a WRITEBACK region.
+ * A writable store opens the file a second time with O_DIRECT where the
+ * file system allows it: write-back of whole pages, and reads of ranges
+ * not in the page cache that are no sequential stream's, bypass the page
+ * cache (docs/design.md, sections 6 and 8).
  * @path   file to open.
  * @flags  0 or UPAGER_STORE_DIRECT | UPAGER_STORE_WRITABLE.
  * @out    receives the store with one reference held by the caller.
