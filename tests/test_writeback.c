@@ -800,6 +800,16 @@ static void test_flush_durable_offsets(void **state)
 	flush_run(0, 1000, 48 * TU_KIB);              /* unaligned */
 }
 
+/* Skips the test where the file lives in memory (tmpfs, ramfs): there
+ * the page cache is the file, and no write or read goes around it. */
+static void skip_in_memory(const char *path)
+{
+	struct statfs fs;
+	assert_int_equal(statfs(path, &fs), 0);
+	if (fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC)
+		tu_skip("%s is in memory: its page cache is the file", path);
+}
+
 /* Pages of the file cached in the page cache (mincore of a map). */
 static size_t cached_pages(const char *path, size_t len)
 {
@@ -827,10 +837,7 @@ static void test_flush_bypasses_page_cache(void **state)
 	(void)state;
 	size_t page = 4 * TU_KIB, len = 4 * TU_MIB;
 	const char *path = tu_make_file("flush-nocache.dat", len);
-	struct statfs fs;
-	assert_int_equal(statfs(path, &fs), 0);
-	if (fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC)
-		tu_skip("%s is in memory: its page cache is the file", path);
+	skip_in_memory(path);
 	upager_store_t *s = tu_store_file(path, UPAGER_STORE_WRITABLE);
 	upager_t *up = tu_runtime(NULL);
 	uint8_t *a = map_or_skip(up, s, len, page, UPAGER_MAP_WRITEBACK,
@@ -1652,10 +1659,7 @@ static void demand_direct_run(unsigned cfg_flags, size_t page)
 {
 	size_t len = 4 * TU_MIB, units = len / page;
 	const char *path = tu_make_file("demand-direct.dat", len);
-	struct statfs fs;
-	assert_int_equal(statfs(path, &fs), 0);
-	if (fs.f_type == TMPFS_MAGIC || fs.f_type == RAMFS_MAGIC)
-		tu_skip("%s is in memory: its page cache is the file", path);
+	skip_in_memory(path);
 	int fd = open(path, O_RDWR | O_CLOEXEC);
 	assert_true(fd >= 0);
 	assert_int_equal(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
