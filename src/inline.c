@@ -241,19 +241,20 @@ static int read_units(struct upager__region *r, size_t u, size_t n,
 	if (!file && !scratch)
 		return -EINVAL; /* space.c maps no other store here */
 	size_t skip = 0, io_len = want;
+	/* An O_DIRECT read takes the 4 KiB-aligned span around the bytes. */
+	uint64_t aoff = off & ~(uint64_t)(ALIGN - 1);
+	size_t askip = (size_t)(off - aoff), alen = round_up(askip + want, ALIGN);
 	bool direct = file && (s->flags & UPAGER_STORE_DIRECT);
 	int fd = s->fd;
 	if (file && !direct && !stream &&
-	    upager__store_read_direct(s, off & ~(uint64_t)(ALIGN - 1),
-				      round_up((size_t)(off & (ALIGN - 1)) +
-					       want, ALIGN))) {
+	    upager__store_read_direct(s, aoff, alen)) {
 		direct = true;
 		fd = s->dwfd;
 	}
 	if (direct) {
-		foff = off & ~(uint64_t)(ALIGN - 1);
-		skip = (size_t)(off - foff);
-		io_len = round_up(skip + want, ALIGN);
+		foff = aoff;
+		skip = askip;
+		io_len = alen;
 	}
 	size_t need = round_up(skip + len, ALIGN);
 	if (need < io_len)

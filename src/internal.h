@@ -35,8 +35,9 @@ struct upager_store {
 	int fd;         /* file store: reads */
 	int wfd;        /* file store: writes (-1: read-only) */
 	/* Writable file store: O_DIRECT descriptor for write-back extents
-	 * on 4 KiB boundaries (wb_write.c), -1 if the file cannot be opened
-	 * so; dw_off is set once the kernel declines such a write. */
+	 * on 4 KiB boundaries (wb_write.c) and for reads of uncached ranges
+	 * (upager__store_read_direct()), -1 if the file cannot be opened
+	 * so; dw_off is set once the kernel declines such a read or write. */
 	int dwfd;
 	atomic_bool dw_off;
 	unsigned flags; /* UPAGER_STORE_* */
@@ -76,6 +77,12 @@ int upager__lz4_read_scratch(upager_store_t *s, void *buf, size_t len,
 /* Bytes the store holds, or UINT64_MAX when it has no end. */
 int upager__store_size(upager_store_t *s, uint64_t *size) UPAGER__HIDDEN;
 void upager__store_ref(upager_store_t *s) UPAGER__HIDDEN;
+/* Whether file store s may use its O_DIRECT descriptor (dwfd). */
+static inline bool upager__store_dio(const upager_store_t *s)
+{
+	return s->dwfd >= 0 &&
+	       !atomic_load_explicit(&s->dw_off, memory_order_relaxed);
+}
 /* Whether a read of [off, off + len) of buffered file store s, no stream's
  * readahead, goes through its O_DIRECT descriptor instead: off and len on
  * 4 KiB boundaries, the range inside the file's map and none of it in the

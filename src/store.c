@@ -170,9 +170,8 @@ int upager_store_custom(const struct upager_store_ops *ops, void *ctx,
 bool upager__store_read_direct(upager_store_t *s, uint64_t off, size_t len)
 {
 	enum { CHECK_MAX = 64 }; /* pages looked up: up to 256 KiB */
-	if (s->dwfd < 0 || (s->flags & UPAGER_STORE_DIRECT) || !s->map_one ||
-	    atomic_load_explicit(&s->dw_off, memory_order_relaxed) ||
-	    ((off | len) & 4095) || !len || len > CHECK_MAX * 4096u ||
+	if (!upager__store_dio(s) || (s->flags & UPAGER_STORE_DIRECT) ||
+	    !s->map_one || ((off | len) & 4095) || !len || len > CHECK_MAX * 4096u ||
 	    off + len > s->map_len)
 		return false;
 	unsigned char vec[CHECK_MAX];

@@ -77,9 +77,7 @@ static bool goes_direct(const upager_store_t *s, const struct wext *e)
 {
 	uintptr_t a = (uintptr_t)(e->buf + e->done);
 	uint64_t o = e->off + e->done, left = e->len - e->done;
-	return s->dwfd >= 0 &&
-	       !atomic_load_explicit(&s->dw_off, memory_order_relaxed) &&
-	       !((a | o | left) & (PAGE - 1));
+	return upager__store_dio(s) && !((a | o | left) & (PAGE - 1));
 }
 
 /* Puts queued extents of every active batch on the ring, while it has
@@ -156,6 +154,17 @@ static void ring_failed(struct wb_ring *w, int rc)
 	}
 }
 
+/* Puts io among the ring's batches (writeback.c has at most WB_DEPTH). */
+static void activate(struct wb_ring *w, struct wb_io *io)
+{
+	for (unsigned b = 0; b < WB_DEPTH; b++) {
+		if (!w->active[b]) {
+			w->active[b] = io;
+			return;
+		}
+	}
+}
+
 static void deactivate(struct wb_ring *w, struct wb_io *io)
 {
 	for (unsigned b = 0; b < WB_DEPTH; b++)
@@ -205,12 +214,7 @@ void upager__wb_io_start(struct wb_ring *w, struct wb_io *io,
 {
 	upager_store_t *s = r->store;
 	*io = (struct wb_io){ .r = r, .items = items };
-	for (unsigned b = 0; b < WB_DEPTH; b++) {
-		if (!w->active[b]) {
-			w->active[b] = io;
-			break;
-		}
-	}
+	activate(w, io);
 	for (size_t i = 0; i < k; i++) {
 		struct wb_item *it = &items[i];
 		if (!it->data || !(it->b & UNIT_DIRTY) || !r->writeback)
@@ -248,11 +252,7 @@ void upager__wb_io_start(struct wb_ring *w, struct wb_io *io,
 					queue_all(io);
 					upager__wb_io_wait(w, io);
 					io->n = 0;
-					for (unsigned b = 0; b < WB_DEPTH; b++)
-						if (!w->active[b]) {
-							w->active[b] = io;
-							break;
-						}
+					activate(w, io);
 				}
 				io->ext[io->n++] = (struct wext){
 					.io = io, .buf = it->data + a,

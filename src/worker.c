@@ -646,11 +646,10 @@ static bool start(struct upager__worker *w, const struct upager__req *j)
 		     round_up(sl->skip + want, ALIGN) : want;
 	sl->src = mapped_src(r, off, n << r->page_shift, want, j->stream);
 	/* A miss that is no stream's: around the page cache where none of
-	 * it is cached (whole pages only, so the buffer is as for a
-	 * buffered read). */
+	 * it is cached (upager__store_read_direct() takes whole pages only,
+	 * so the buffer is as for a buffered read). */
 	sl->fd = r->store->fd;
-	if (!sl->src && !j->stream && sl->skip == 0 &&
-	    !((off | want) & (ALIGN - 1)) &&
+	if (!sl->src && !j->stream &&
 	    upager__store_read_direct(r->store, off, want))
 		sl->fd = r->store->dwfd;
 	/* Fits: can_start said so. */

@@ -88,8 +88,7 @@ struct upager__wb {
 	uint64_t batches;
 	struct wb_req *reqs;
 	char *scratch;          /* SCRATCH bytes, registered WP-only */
-	char *cur;              /* the slot the batch taken out now fills */
-	size_t scratch_used;    /* its bytes used so far */
+	struct wb_batch *fill;  /* the batch being taken out: its slot */
 	/* Batches with writes in flight, oldest first (ring of slots), all
 	 * of one region and one request; evicting: their units. */
 	struct wb_batch slot[WB_DEPTH];
@@ -291,8 +290,8 @@ static void copy_run(struct upager__wb *wb, struct upager__region *r,
 		memset(wb->run_vec, 0, len / PAGE);
 	for (size_t q = i; q < j; q++) {
 		memcpy(items[q].vec, wb->run_vec + (q - i) * npages, npages);
-		copy_pages(r, &items[q], wb->cur + wb->scratch_used);
-		wb->scratch_used += r->page_size;
+		copy_pages(r, &items[q], wb->fill->scratch + wb->fill->used);
+		wb->fill->used += r->page_size;
 	}
 }
 
@@ -324,8 +323,8 @@ static void copy_out_span(struct upager__wb *wb, struct upager__region *r,
 /* Takes the items out of the region: eviction moves them into scratch in
  * spans (above; the region range is empty at once, so accesses fault and
  * wait), everything else is copied out (for a flush, spans of nearby
- * units protected at once). At entry the scratch area is empty and has
- * room for the k items (process()). */
+ * units protected at once), into the slot of wb->fill. At entry that slot
+ * is empty and has room for the k items (process()). */
 static void take_out_all(struct upager__wb *wb, struct upager__region *r,
 			 struct wb_item *items, size_t k, bool evict)
 {
@@ -345,9 +344,9 @@ static void take_out_all(struct upager__wb *wb, struct upager__region *r,
 	if (!wb->move_ok) {
 		for (size_t i = 0; i < k; i++) {
 			copy_out(wb, r, &items[i], evict,
-				 wb->cur + wb->scratch_used);
+				 wb->fill->scratch + wb->fill->used);
 			if (items[i].data)
-				wb->scratch_used += r->page_size;
+				wb->fill->used += r->page_size;
 		}
 		return;
 	}
@@ -366,10 +365,10 @@ static void take_out_all(struct upager__wb *wb, struct upager__region *r,
 		}
 		size_t last = items[j - 1].u;
 		size_t len = (last - first + 1) << r->page_shift, moved;
-		char *slot = wb->cur + wb->scratch_used;
+		char *slot = wb->fill->scratch + wb->fill->used;
 		move_some(wb->up, wb->move_fd, (uintptr_t)slot,
 			  unit_addr(r, first), len, &moved);
-		wb->scratch_used += len;
+		wb->fill->used += len;
 		for (size_t q = i; q + 1 < j; q++)
 			release_gap(wb->up, r, items[q].u + 1, items[q + 1].u);
 		for (size_t q = i; q < j; q++) {
@@ -522,10 +521,8 @@ static int process(struct upager__wb *wb, struct upager__region *r,
 		done += take;
 		if (!k)
 			continue;
-		wb->cur = bt->scratch;
-		wb->scratch_used = 0;
+		wb->fill = bt; /* its slot is empty (slot_reset) */
 		take_out_all(wb, r, bt->items, k, evict);
-		bt->used = wb->scratch_used;
 		bt->r = r;
 		bt->k = k;
 		bt->evict = evict;
