@@ -40,6 +40,9 @@ struct upager_store {
 	 * so; dw_off is set once the kernel declines such a read or write. */
 	int dwfd;
 	atomic_bool dw_off;
+	/* upager__store_read_direct(): page-cache lookups in a row that
+	 * found nothing cached, and lookups left to skip. */
+	atomic_uint dw_cold, dw_skip;
 	unsigned flags; /* UPAGER_STORE_* */
 	struct upager_store_ops ops; /* custom store */
 	void *ctx;
@@ -87,7 +90,8 @@ static inline bool upager__store_dio(const upager_store_t *s)
  * readahead, goes through its O_DIRECT descriptor instead: off and len on
  * 4 KiB boundaries, the range inside the file's map and none of it in the
  * page cache (which then would only hold a second copy of what the region
- * gets). Async-signal-safe. */
+ * gets). Once a run of lookups found nothing cached, only one read in
+ * DIO_SAMPLE looks (store.c). Async-signal-safe. */
 bool upager__store_read_direct(upager_store_t *s, uint64_t off,
 			       size_t len) UPAGER__HIDDEN;
 
