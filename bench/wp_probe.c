@@ -11,7 +11,9 @@
  * times both ways of taking a first write, the scans, and checks one fact
  * the write-back thread would depend on: whether UFFDIO_MOVE keeps a
  * page's write-protect bit (upager moves evicted pages out of the region
- * before it writes them back). docs/design.md section 8 says what follows
+ * before it writes them back), and one a scan must allow for: whether
+ * PAGEMAP_SCAN counts a hole as written (so scans here ask for written
+ * pages that are present or swapped out). docs/design.md section 8 says what follows
  * from the answers.
  *
  *   upager-wp-probe [--pages N] [--format table|csv]
@@ -51,6 +53,7 @@ struct pm_scan_arg {
 #define PM_SCAN_CHECK_WPASYNC (1 << 1)
 #define PAGE_IS_WRITTEN (1 << 1)
 #define PAGE_IS_PRESENT (1 << 3)
+#define PAGE_IS_SWAPPED (1 << 4)
 #endif
 
 #define PG 4096u
@@ -123,7 +126,8 @@ static long scan(int pm, const char *p, size_t len, bool protect,
 				 : 0,
 		.start = (uintptr_t)p, .end = (uintptr_t)p + len,
 		.vec = (uintptr_t)vec, .vec_len = 1024,
-		.category_mask = PAGE_IS_WRITTEN,
+		.category_mask = PAGE_IS_WRITTEN, /* holes read as written */
+		.category_anyof_mask = PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
 		.return_mask = PAGE_IS_WRITTEN,
 	};
 	long n = ioctl(pm, PAGEMAP_SCAN, &a);
@@ -194,7 +198,7 @@ int main(int argc, char **argv)
 		return 77;
 	}
 	uint64_t both = UFFDIO_REGISTER_MODE_MISSING | UFFDIO_REGISTER_MODE_WP;
-	struct row rows[8];
+	struct row rows[10];
 	int nr = 0;
 
 	/* First writes, synchronous: SIGBUS and UFFDIO_WRITEPROTECT. */
@@ -258,6 +262,21 @@ int main(int argc, char **argv)
 		scan(pm, a + (i % n) * PG, PG, false, &pages);
 	rows[nr++] = (struct row){ "PAGEMAP_SCAN of one page",
 				   (now_us() - t0) / 1000, "us" };
+
+	/* A range never populated, asked for written pages alone. */
+	char *hole = region_new(afd, 16 * PG, both);
+	struct page_region hv[4];
+	struct pm_scan_arg h = {
+		.size = sizeof(h), .start = (uintptr_t)hole,
+		.end = (uintptr_t)hole + 16 * PG, .vec = (uintptr_t)hv,
+		.vec_len = 4, .category_mask = PAGE_IS_WRITTEN,
+		.return_mask = PAGE_IS_WRITTEN,
+	};
+	long nh = ioctl(pm, PAGEMAP_SCAN, &h);
+	if (nh < 0)
+		die("PAGEMAP_SCAN");
+	rows[nr++] = (struct row){ "PAGEMAP_SCAN reports holes as written",
+				   nh > 0 ? 1 : 0, "1 = yes" };
 
 	/* UFFDIO_MOVE of a clean (protected) page: does it arrive clean? */
 	char *scratch = region_new(mfd, 2 * PG, UFFDIO_REGISTER_MODE_WP);

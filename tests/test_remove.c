@@ -122,7 +122,10 @@ static void test_madv_dontneed_refetches_2m(void **state)
 				 MADV_DONTNEED),
 			 0);
 	assert_true(tu_check(&f.ref, f.base, 0, f.length));
-	struct upager_stats st1 = tu_stats(f.up, f.base);
+	/* Settled: the refetched unit's install may still be being counted
+	 * when its bytes are read (seen once in 30 runs with 2 MiB units;
+	 * its bytes were counted fetched already). */
+	struct upager_stats st1 = tu_stats_settled(f.up, f.base);
 	assert_int_equal(st1.bytes_fetched, st0.bytes_fetched + 2 * TU_MIB);
 	assert_int_equal(st1.pages_installed, st0.pages_installed + 1);
 	teardown(&f);
