@@ -210,7 +210,7 @@ int main(int argc, char **argv)
 	double t0 = now_us();
 	for (size_t i = 0; i < n; i++)
 		s[i * PG] = 1;
-	rows[nr++] = (struct row){ "first write, SIGBUS + un-protect",
+	rows[nr++] = (struct row){ "first write: SIGBUS + un-protect",
 				   (now_us() - t0) / (double)n, "us/page" };
 
 	/* First writes, asynchronous: resolved inside the kernel. */
@@ -228,13 +228,13 @@ int main(int argc, char **argv)
 	t0 = now_us();
 	for (size_t i = 0; i < n; i++)
 		a[i * PG] = 1;
-	rows[nr++] = (struct row){ "first write, WP_ASYNC",
+	rows[nr++] = (struct row){ "first write: WP_ASYNC",
 				   (now_us() - t0) / (double)n, "us/page" };
 
 	/* Scans: all written, then (after protecting them) all clean. */
 	t0 = now_us();
 	scan(pm, a, len, false, &pages);
-	rows[nr++] = (struct row){ "PAGEMAP_SCAN, all written",
+	rows[nr++] = (struct row){ "PAGEMAP_SCAN: all written",
 				   (now_us() - t0) * 1000 / (double)n,
 				   "ns/page" };
 	if (pages != n) {
@@ -244,12 +244,12 @@ int main(int argc, char **argv)
 	}
 	t0 = now_us();
 	scan(pm, a, len, true, &pages);
-	rows[nr++] = (struct row){ "PAGEMAP_SCAN + WP_MATCHING, all written",
+	rows[nr++] = (struct row){ "PAGEMAP_SCAN + WP_MATCHING: all written",
 				   (now_us() - t0) * 1000 / (double)n,
 				   "ns/page" };
 	t0 = now_us();
 	scan(pm, a, len, false, &pages);
-	rows[nr++] = (struct row){ "PAGEMAP_SCAN, all clean",
+	rows[nr++] = (struct row){ "PAGEMAP_SCAN: all clean",
 				   (now_us() - t0) * 1000 / (double)n,
 				   "ns/page" };
 	if (pages != 0) {
