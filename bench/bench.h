@@ -53,6 +53,7 @@ enum engine_kind {
 	ENG_PREAD,
 	ENG_DEVICE,
 	ENG_RAW_UFFD,
+	ENG_RAW_SIGBUS,
 };
 
 struct run_spec;
@@ -85,6 +86,8 @@ int engine_device_run(const struct engine *e, const struct run_spec *s,
 		      struct run_result *r);
 int engine_raw_uffd_run(const struct engine *e, const struct run_spec *s,
 			struct run_result *r);
+int engine_raw_sigbus_run(const struct engine *e, const struct run_spec *s,
+			  struct run_result *r);
 
 /* ---- progress shared between a run's child and the parent ---- */
 

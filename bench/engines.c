@@ -3,7 +3,9 @@
  *
  * Names are what --engines and the reports use. Which workloads an engine
  * takes part in: the device engine reads with O_DIRECT and so has no warm
- * variant; raw-uffd installs from memory and so only runs warm; upager's
+ * variant; raw-uffd installs from memory and so only runs warm, while
+ * raw-sigbus reads the file with O_DIRECT and so runs cold only, and not
+ * rand-hinted (it has nothing to do with a hint); upager's
  * O_DIRECT store has nothing to add when the store is memory, and its
  * inline engines (UPAGER_CFG_INLINE) take file stores only.
  */
@@ -48,6 +50,8 @@ const struct engine bench_engines[] = {
 	RAW("raw-uffd-4k", 4 * KIB),
 	RAW("raw-uffd-64k", 64 * KIB),
 	RAW("raw-uffd-2m", 2 * MIB),
+	{ .name = "raw-sigbus-4k", .kind = ENG_RAW_SIGBUS, .unit = BENCH_PAGE,
+	  .run = engine_raw_sigbus_run },
 };
 
 const size_t bench_nengines = sizeof(bench_engines) / sizeof(bench_engines[0]);
@@ -59,6 +63,8 @@ bool engine_supports(const struct engine *e, enum workload w)
 		return w != WL_WARM;
 	case ENG_RAW_UFFD:
 		return w == WL_WARM;
+	case ENG_RAW_SIGBUS:
+		return w != WL_WARM && w != WL_RAND_HINTED;
 	case ENG_UPAGER:
 		/* Warm runs serve from a custom store in memory: no
 		 * O_DIRECT, and inline faults take file stores only. */

@@ -56,7 +56,7 @@ static bool uffd_available(enum engine_kind k, char *why, size_t len)
 	upager_t *up = NULL;
 	int fd, err;
 
-	if (k == ENG_RAW_UFFD) {
+	if (k == ENG_RAW_UFFD || k == ENG_RAW_SIGBUS) {
 		fd = (int)syscall(SYS_userfaultfd, O_CLOEXEC);
 		if (fd < 0) {
 			snprintf(why, len, "userfaultfd(): %s", strerror(errno));
@@ -81,9 +81,10 @@ static void drop_uffd_engines(struct bench *b)
 
 	for (size_t i = 0; i < bench_nengines; i++) {
 		enum engine_kind k = bench_engines[i].kind;
-		int j = k == ENG_RAW_UFFD;
+		int j = k != ENG_UPAGER;
 
-		if (!b->o.eng_on[i] || (k != ENG_UPAGER && k != ENG_RAW_UFFD))
+		if (!b->o.eng_on[i] ||
+		    (k != ENG_UPAGER && k != ENG_RAW_UFFD && k != ENG_RAW_SIGBUS))
 			continue;
 		if (avail[j] < 0)
 			avail[j] = uffd_available(k, why[j], sizeof(why[j]));

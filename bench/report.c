@@ -42,7 +42,7 @@ static bool is_upager(const struct run_result *r)
 
 static bool holds_data(const struct run_result *r)
 {
-	return is_upager(r) || strncmp(r->engine, "raw-uffd-", 9) == 0;
+	return is_upager(r) || strncmp(r->engine, "raw-", 4) == 0;
 }
 
 /* What the engine added to the process beyond the data it holds:
@@ -135,7 +135,7 @@ void report_table(FILE *f, const struct report_meta *m,
 		table_row(f, &r[i], r, n);
 	}
 	fprintf(f, "\n"
-		"unit: install unit (upager, raw-uffd) or I/O size (pread, device)\n"
+		"unit: install unit (upager, raw-uffd, raw-sigbus) or I/O size (pread, device)\n"
 		"CPU s: CPU time of the engine's process while the workload ran "
 		"(every thread: the application's, upager's, the kernel's io_uring "
 		"workers)\n"
@@ -243,6 +243,27 @@ static void goal_rss(FILE *f, const struct run_result *r, size_t n)
 			(double)small->data_bytes / MIB);
 }
 
+/* Where the inline fault design's own cost puts a cold random 4 KiB miss:
+ * raw-sigbus-4k (a bare SIGBUS handler: one O_DIRECT read, one copy)
+ * against mmap-rand, and upager against it. Figures, not goals. */
+static void floor_lines(FILE *f, const struct run_result *r, size_t n)
+{
+	const struct run_result *raw = find(r, n, "rand", "raw-sigbus-4k", 1);
+	const struct run_result *m = find(r, n, "rand", "mmap-rand", 1);
+	const struct run_result *u = best_upager(r, n, "rand", 1);
+
+	if (!raw || mbps(raw) <= 0)
+		return;
+	if (m && mbps(m) > 0)
+		fprintf(f, "  %-52s %6.2f (the design's floor, no goal)\n",
+			"  cold rand 1 thread: raw-sigbus-4k / mmap-rand",
+			mbps(raw) / mbps(m));
+	if (u)
+		fprintf(f, "  %-52s %6.2f [%s]\n",
+			"  cold rand 1 thread: upager / raw-sigbus-4k",
+			mbps(u) / mbps(raw), u->engine);
+}
+
 void report_goals(FILE *f, const struct run_result *r, size_t n)
 {
 	unsigned nt = max_rand_threads(r, n);
@@ -266,6 +287,7 @@ void report_goals(FILE *f, const struct run_result *r, size_t n)
 	else
 		snprintf(what, sizeof(what), "cold rand N threads: upager / mmap-rand");
 	goal_ratio(f, r, n, what, "rand", nt, "mmap-rand", 1.0);
+	floor_lines(f, r, n);
 	u = find(r, n, "warm", "upager-2m", 1);
 	raw = find(r, n, "warm", "raw-uffd-2m", 1);
 	goal_line(f, "warm 2M units: upager time / raw-uffd time", u, raw, 1.25,
