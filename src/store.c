@@ -104,10 +104,19 @@ int upager_store_file(const char *path, unsigned flags, upager_store_t **out)
 	s->dwfd = -1;
 	/* Write-back of whole pages bypasses the page cache (wb_write.c):
 	 * an O_DIRECT store's own descriptor, else one more. Best effort:
-	 * without it every write is buffered. */
+	 * without it every write is buffered. A read-only buffered store
+	 * gets one for its random misses (upager__store_read_direct()),
+	 * but only where mincore() tells it the truth about the file's page
+	 * cache: the kernel shows a file's cache only to its owner or to
+	 * whoever may write it, and calls every page of any other file
+	 * uncached. */
 	if (rw)
 		s->dwfd = (flags & UPAGER_STORE_DIRECT) ?
 			  fd : open(path, O_RDWR | O_CLOEXEC | O_DIRECT);
+	else if (!(flags & UPAGER_STORE_DIRECT) &&
+		 (st.st_uid == geteuid() ||
+		  faccessat(AT_FDCWD, path, W_OK, AT_EACCESS) == 0))
+		s->dwfd = open(path, O_RDONLY | O_CLOEXEC | O_DIRECT);
 	s->flags = flags;
 	map_file(s, &st);
 	*out = s;

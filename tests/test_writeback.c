@@ -1648,15 +1648,17 @@ static void test_pinned_unit_evicted_intact(void **state)
 }
 
 /* Misses that are no stream's read around the page cache where none of
- * the unit is cached: after random reads of a cold file (and a write in
- * every fourth unit read), the region holds the file's bytes and the page
- * cache none of them (a buffered read leaves each unit read cached, and
- * some around it: 652 of 1024 pages for 446 units of 4 KiB with the
- * library before). Units the page cache does
+ * the unit is cached: after random reads of a cold file (and, @writable,
+ * a write in every fourth unit read), the region holds the file's bytes
+ * and the page cache none of them (a buffered read leaves each unit read
+ * cached, and some around it: 652 of 1024 pages for 446 units of 4 KiB
+ * with the library before). Units the page cache does
  * hold (written to the file after the region was mapped, not yet on the
  * disk) still read as the file has them, also where a read skips the
- * lookup. */
-static void demand_direct_run(unsigned cfg_flags, size_t page)
+ * lookup. Without @writable the store is read-only and the region has no
+ * write-back: the same holds (the test's process owns the file, so the
+ * store may trust mincore()). */
+static void demand_direct_run(unsigned cfg_flags, size_t page, bool writable)
 {
 	size_t len = 4 * TU_MIB, units = len / page;
 	const char *path = tu_make_file("demand-direct.dat", len);
@@ -1665,10 +1667,12 @@ static void demand_direct_run(unsigned cfg_flags, size_t page)
 	assert_true(fd >= 0);
 	assert_int_equal(posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED), 0);
 	assert_int_equal(cached_pages(path, len), 0);
-	upager_store_t *s = tu_store_file(path, UPAGER_STORE_WRITABLE);
+	upager_store_t *s =
+		tu_store_file(path, writable ? UPAGER_STORE_WRITABLE : 0);
 	struct upager_config cfg = { .flags = cfg_flags };
 	upager_t *up = tu_runtime(&cfg);
-	uint8_t *a = map_or_skip(up, s, len, page, UPAGER_MAP_WRITEBACK, 0);
+	uint8_t *a = map_or_skip(up, s, len, page,
+				 writable ? UPAGER_MAP_WRITEBACK : 0, 0);
 	upager_store_release(s);
 	TU_OK(upager_advise(up, a, len, UPAGER_ADV_RANDOM));
 	uint8_t *want = xmalloc(len);
@@ -1691,7 +1695,7 @@ static void demand_direct_run(unsigned cfg_flags, size_t page)
 		if (u % 8 == 7)
 			continue;
 		assert_same(a + u * page, want + u * page, page, "unit read");
-		if (i % 4 == 0)
+		if (writable && i % 4 == 0)
 			a[u * page + 5] = want[u * page + 5] ^= 0x5a;
 		read++;
 	}
@@ -1712,8 +1716,10 @@ static void demand_direct_run(unsigned cfg_flags, size_t page)
 			 "pages written through the page cache)", cached, read,
 			 written * (page / 4096));
 	assert_same(a, want, len, "region");
-	TU_OK(upager_flush(up, a, len));
-	child_compare(path, want, len, 0);
+	if (writable) {
+		TU_OK(upager_flush(up, a, len));
+		child_compare(path, want, len, 0);
+	}
 	TU_OK(upager_unmap(up, a));
 	upager_destroy(up);
 	close(fd);
@@ -1723,15 +1729,23 @@ static void demand_direct_run(unsigned cfg_flags, size_t page)
 static void test_demand_reads_direct(void **state)
 {
 	(void)state;
-	demand_direct_run(0, 4 * TU_KIB);
-	demand_direct_run(0, 64 * TU_KIB);
+	demand_direct_run(0, 4 * TU_KIB, true);
+	demand_direct_run(0, 64 * TU_KIB, true);
 }
 
 static void test_demand_reads_direct_inline(void **state)
 {
 	(void)state;
-	demand_direct_run(UPAGER_CFG_INLINE, 4 * TU_KIB);
-	demand_direct_run(UPAGER_CFG_INLINE, 64 * TU_KIB);
+	demand_direct_run(UPAGER_CFG_INLINE, 4 * TU_KIB, true);
+	demand_direct_run(UPAGER_CFG_INLINE, 64 * TU_KIB, true);
+}
+
+static void test_demand_reads_direct_read_only(void **state)
+{
+	(void)state;
+	demand_direct_run(0, 4 * TU_KIB, false);
+	demand_direct_run(UPAGER_CFG_INLINE, 4 * TU_KIB, false);
+	demand_direct_run(UPAGER_CFG_INLINE, 64 * TU_KIB, false);
 }
 
 static void test_unmap_and_destroy_write_back(void **state)
@@ -1878,6 +1892,7 @@ static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(test_pinned_unit_evicted_intact),
 	cmocka_unit_test(test_demand_reads_direct),
 	cmocka_unit_test(test_demand_reads_direct_inline),
+	cmocka_unit_test(test_demand_reads_direct_read_only),
 	cmocka_unit_test(test_unmap_and_destroy_write_back),
 	cmocka_unit_test(test_bad_input),
 };
