@@ -187,7 +187,9 @@ UPAGER_API void upager_destroy(upager_t *up);
  * A writable store opens the file a second time with O_DIRECT where the
  * file system allows it: write-back of whole pages, and reads of ranges
  * not in the page cache that are no sequential stream's, bypass the page
- * cache (docs/design.md, sections 6 and 8).
+ * cache (docs/design.md, sections 6 and 8). A read-only store does the
+ * same for such reads when the process owns the file or may write it
+ * (only then does the kernel let it see which pages are cached).
  * @path   file to open.
  * @flags  0 or UPAGER_STORE_DIRECT | UPAGER_STORE_WRITABLE.
  * @out    receives the store with one reference held by the caller.
