@@ -4,8 +4,9 @@
  * Names are what --engines and the reports use. Which workloads an engine
  * takes part in: the device engine reads with O_DIRECT and so has no warm
  * variant; raw-uffd installs from memory and so only runs warm, while
- * raw-sigbus reads the file with O_DIRECT and so runs cold only, and not
- * rand-hinted (it has nothing to do with a hint); upager's
+ * raw-sigbus reads the file with O_DIRECT when cold, copies from memory
+ * when warm, and skips rand-hinted (it has nothing to do with a hint);
+ * upager's
  * O_DIRECT store has nothing to add when the store is memory, and its
  * inline engines (UPAGER_CFG_INLINE) take file stores only.
  */
@@ -64,7 +65,7 @@ bool engine_supports(const struct engine *e, enum workload w)
 	case ENG_RAW_UFFD:
 		return w == WL_WARM;
 	case ENG_RAW_SIGBUS:
-		return w != WL_WARM && w != WL_RAND_HINTED;
+		return w != WL_RAND_HINTED;
 	case ENG_UPAGER:
 		/* Warm runs serve from a custom store in memory: no
 		 * O_DIRECT, and inline faults take file stores only. */
