@@ -368,6 +368,15 @@ static inline bool upager__stream_continues(int adv, size_t last,
  * fit). Caller must keep r alive. Returns units queued. */
 size_t upager__prefetch(upager_t *up, struct upager__region *r, size_t first,
 			size_t count, bool wait) UPAGER__HIDDEN;
+/* Units of r that lie wholly inside its store as it is now: only those
+ * may be marked dirty before they are written (a write-back of any other
+ * would make the file longer). Async-signal-safe. */
+size_t upager__stored_units(const struct upager__region *r) UPAGER__HIDDEN;
+/* How many units after unit u a write stream of r may make dirty and
+ * writable ahead of the writer: the readahead window (at most a quarter
+ * of the budget), within the store; 0 without write-back. For the inline
+ * write-protect fault (inline.c). Async-signal-safe. */
+size_t upager__write_window(const struct upager__region *r, size_t u) UPAGER__HIDDEN;
 /* Readahead for a read stream served inline (inline.c): @next is the
  * first unit after what the fault reads itself. Any thread, in the SIGBUS
  * handler too. */

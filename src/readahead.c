@@ -172,11 +172,9 @@ static size_t ra_window(const struct upager__region *r, int adv)
 	return win;
 }
 
-/* Units of r that lie wholly inside its store as it is now (only those may
- * be marked dirty before they are written). A file's size is one fstat();
- * a custom store's size callback might block and is not called here: its
- * region's length is the limit. */
-static size_t stored_units(const struct upager__region *r)
+/* A file's size is one fstat(); a custom store's size callback might
+ * block and is not called here: its region's length is the limit. */
+size_t upager__stored_units(const struct upager__region *r)
 {
 	if (r->store->kind != UPAGER__STORE_FILE)
 		return r->nunits;
@@ -284,7 +282,7 @@ size_t upager__fault_readahead(upager_t *up, struct upager__region *r,
 	/* Only where dirty units can be written back: elsewhere a unit
 	 * marked dirty could never be evicted. */
 	if (write && r->writeback) {
-		size_t lim = stored_units(r);
+		size_t lim = upager__stored_units(r);
 		wend += win;
 		if (wend > lim)
 			wend = lim > u + 1 ? lim : u + 1;
@@ -317,6 +315,17 @@ size_t upager__fault_readahead(upager_t *up, struct upager__region *r,
  * compare-and-swap; the loser queues nothing. Called in the SIGBUS
  * handler: prefetch_run without waiting for room takes only the queue
  * lock, which no thread holds while it touches region memory. */
+size_t upager__write_window(const struct upager__region *r, size_t u)
+{
+	if (!r->writeback)
+		return 0;
+	size_t win = ra_window(r, atomic_load(&r->advice)),
+	       lim = upager__stored_units(r);
+	if (u + 1 >= lim)
+		return 0;
+	return win < lim - u - 1 ? win : lim - u - 1;
+}
+
 void upager__inline_readahead(upager_t *up, struct upager__region *r,
 			      size_t next)
 {

@@ -1360,12 +1360,11 @@ static void test_seq_write_64k(void **state)
  * of the readahead window (64 units), so the writer takes one fault per
  * window instead of one per unit. Nothing is fetched meanwhile, so the
  * count does not depend on timing. */
-static void test_seq_write_window(void **state)
+static void seq_write_window_run(bool inline_faults)
 {
-	(void)state;
 	size_t page = 4 * TU_KIB, len = 4 * TU_MIB, units = len / page;
 	const char *path = tu_make_file("seqw-window.dat", len);
-	upager_t *up = tu_runtime(NULL);
+	upager_t *up = inline_faults ? tu_inline_runtime() : tu_runtime(NULL);
 	uint8_t *want = xmalloc(len);
 	uint8_t *a = map_all_clean(up, path, len, page, want);
 	struct upager_stats st0 = tu_stats_settled(up, a);
@@ -1392,6 +1391,21 @@ static void test_seq_write_window(void **state)
 	free(want);
 }
 
+static void test_seq_write_window(void **state)
+{
+	(void)state;
+	seq_write_window_run(false);
+}
+
+/* The same with faults served in the faulting thread (UPAGER_CFG_INLINE):
+ * its write-protect faults make the window writable too (inline.c
+ * write_ahead(); one fault a unit before). */
+static void test_seq_write_window_inline(void **state)
+{
+	(void)state;
+	seq_write_window_run(true);
+}
+
 /* Clean units scattered among dirty ones (every other unit written
  * before, with RANDOM advice so that no write window forms), then all
  * written in order (SEQUENTIAL): the write window un-protects the clean
@@ -1401,12 +1415,11 @@ static void test_seq_write_window(void **state)
  * (and in upager-budget-bench's sequential write after its random phase,
  * about 31,000 round trips). Every unit is present throughout: no read,
  * no timing in the count. */
-static void test_seq_write_window_scattered(void **state)
+static void seq_write_scattered_run(bool inline_faults)
 {
-	(void)state;
 	size_t page = 4 * TU_KIB, len = 4 * TU_MIB, units = len / page;
 	const char *path = tu_make_file("seqw-scattered.dat", len);
-	upager_t *up = tu_runtime(NULL);
+	upager_t *up = inline_faults ? tu_inline_runtime() : tu_runtime(NULL);
 	uint8_t *want = xmalloc(len);
 	uint8_t *a = map_all_clean(up, path, len, page, want);
 	TU_OK(upager_advise(up, a, len, UPAGER_ADV_RANDOM));
@@ -1436,6 +1449,18 @@ static void test_seq_write_window_scattered(void **state)
 	TU_OK(upager_unmap(up, a));
 	upager_destroy(up);
 	free(want);
+}
+
+static void test_seq_write_window_scattered(void **state)
+{
+	(void)state;
+	seq_write_scattered_run(false);
+}
+
+static void test_seq_write_window_scattered_inline(void **state)
+{
+	(void)state;
+	seq_write_scattered_run(true);
 }
 
 /* A sequential read scan over the same kind of region is not a write
@@ -1881,7 +1906,9 @@ static const struct CMUnitTest tests[] = {
 	cmocka_unit_test(test_seq_write_4k_advised),
 	cmocka_unit_test(test_seq_write_64k),
 	cmocka_unit_test(test_seq_write_window),
+	cmocka_unit_test(test_seq_write_window_inline),
 	cmocka_unit_test(test_seq_write_window_scattered),
+	cmocka_unit_test(test_seq_write_window_scattered_inline),
 	cmocka_unit_test(test_seq_write_file_end),
 	cmocka_unit_test(test_seq_read_scan_writes_nothing),
 	cmocka_unit_test(test_seq_read_scan_inline_writes_nothing),
