@@ -32,6 +32,10 @@
  * so, and removes
  * them at exit, on failure and on SIGINT/SIGTERM. Whatever is unavailable
  * is reported and that row is skipped. No timing is ever asserted.
+ *
+ * This file has main(), the options, the data, running a side in a child
+ * and the report; the sides are in budget_sides.c, each comparison's
+ * phases and rows in budget_lz4.c and budget_file.c (budget_bench.h).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -39,7 +43,6 @@
 #include <getopt.h>
 #include <inttypes.h>
 #include <poll.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -47,42 +50,22 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/resource.h>
-#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "upager.h"
+#include "budget_bench.h"
 #include "size.h"
 #include "textpool.h"
 #include "kernel_env.h"
-
-#define KIB 1024ull
-#define MIB (1024 * KIB)
-#define GIB (1024 * MIB)
-#define PG 4096u
-#define POOL_PAGES 1024u
-#define CHILD_TIMEOUT_S 900
 
 /* ------------------------------------------------------------------ */
 /* Options                                                             */
 /* ------------------------------------------------------------------ */
 
-struct opts {
-	uint64_t budget, size;
-	uint64_t ops, file_ops, file_write_every;
-	size_t page, seq_page, file_page, readahead;
-	uint64_t headroom;
-	bool headroom_auto; /* not given; 0 when the budget leaves no room */
-	unsigned workers;
-	const char *dir;
-	bool csv, direct, inline_faults;
-	bool do_lz4, do_file, kernel, no_follow;
-};
-
-static struct opts O = {
+struct opts O = {
 	.budget = 256 * MIB,
 	.size = GIB,
 	.ops = 300000,
@@ -117,8 +100,8 @@ static void usage(FILE *f)
 "  --readahead BYTES  upager readahead while scanning (1M)\n"
 "  --headroom BYTES   file comparison: upager's budget is the cgroup\n"
 "                     limit minus this, for its page cache and buffers\n"
-"                     (default budget/8, from 16M to 32M; a budget\n"
-"                     under 32M leaves no room for upager's own memory,\n"
+"                     (default budget/8, from 24M to 32M; a budget\n"
+"                     under 48M leaves no room for upager's own memory,\n"
 "                     so then the file comparison runs upager alone,\n"
 "                     without cgroups, unless --headroom is given)\n"
 "  --direct           file comparison: upager reads with O_DIRECT\n"
@@ -220,10 +203,12 @@ static void parse_opts(int argc, char **argv)
 	O.budget &= ~(uint64_t)(PG - 1);
 	if (O.headroom == UINT64_MAX) {
 		/* upager's own memory beyond its budget (read buffers, the
-		 * program's data pool; about 12 MiB) plus room for the page
-		 * cache: budget/8, from 16 to 32 MiB. */
+		 * write-back scratch, the program's data pool: 11-14 MiB of
+		 * RSS measured) plus room for the page cache and the kernel's
+		 * own: budget/8, from 24 to 32 MiB. With 16 MiB a 64 MiB
+		 * budget's upager side was killed by its cgroup. */
 		uint64_t h = O.budget / 8;
-		h = h < 16 * MIB ? 16 * MIB : h > 32 * MIB ? 32 * MIB : h;
+		h = h < 24 * MIB ? 24 * MIB : h > 32 * MIB ? 32 * MIB : h;
 		O.headroom_auto = true;
 		O.headroom = h * 2 <= O.budget ? h : 0; /* 0: no room */
 	}
@@ -243,8 +228,8 @@ static void parse_opts(int argc, char **argv)
 /* ------------------------------------------------------------------ */
 
 /* Notes go to stderr in csv mode, so stdout stays one table. */
-static void note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void note(const char *fmt, ...)
+void note(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void note(const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
@@ -255,7 +240,7 @@ static void note(const char *fmt, ...)
 	va_end(ap);
 }
 
-static double now_s(void)
+double now_s(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -264,7 +249,7 @@ static double now_s(void)
 
 /* CPU time of the whole process (every thread: the library's, and the
  * kernel's io_uring workers, count). */
-static double cpu_s(void)
+double cpu_s(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
@@ -287,14 +272,14 @@ static void make_pool(void)
 }
 
 /* Page @pg of the data set: a pool page stamped with its number. */
-static void gen_page(uint8_t *dst, uint64_t pg)
+void gen_page(uint8_t *dst, uint64_t pg)
 {
 	memcpy(dst, pool + (textpool_mix64(pg) % POOL_PAGES) * PG, PG);
 	memcpy(dst, &pg, sizeof(pg));
 }
 
 /* An 8-byte text-like word for a write (keeps pages compressible). */
-static uint64_t text_word(uint64_t r)
+uint64_t text_word(uint64_t r)
 {
 	uint64_t w;
 	memcpy(&w, pool + (r % ((uint64_t)POOL_PAGES * PG - 8)), 8);
@@ -305,36 +290,7 @@ static uint64_t text_word(uint64_t r)
 /* Results passed from a child to the parent                           */
 /* ------------------------------------------------------------------ */
 
-/* PH_SCAN and PH_FULL are the file comparison's only: a sequential read
- * of the whole region, and random read/write after it (the budget full). */
-enum { PH_FILL, PH_RAND, PH_SEQ, PH_SCAN, PH_FULL, PH_N };
-
-struct phase {
-	double secs;     /* the whole phase, sync included */
-	double sync_secs; /* of which the flush (upager) or msync (kernel) */
-	double cpu_secs, sync_cpu_secs; /* process CPU time of the same */
-	uint64_t units;  /* pages touched or bytes moved */
-	uint64_t sum;    /* checksum of the words read */
-	bool ran;
-};
-
-struct result {
-	bool ok;
-	char err[200];
-	struct phase ph[PH_N];
-	/* upager side */
-	struct upager_stats st;
-	struct upager_lz4_stats lz;
-	uint64_t max_resident_seen;
-	/* kernel side */
-	uint64_t zram_orig, zram_compr, zram_used;
-	/* both */
-	long peak_rss_kib;
-};
-
-static void fail_res(struct result *r, const char *fmt, ...)
-	__attribute__((format(printf, 2, 3)));
-static void fail_res(struct result *r, const char *fmt, ...)
+void fail_res(struct result *r, const char *fmt, ...)
 {
 	va_list ap;
 	va_start(ap, fmt);
@@ -348,7 +304,7 @@ static void fail_res(struct result *r, const char *fmt, ...)
 /* (atexit) removes the cgroups and the zram device                    */
 /* ------------------------------------------------------------------ */
 
-static volatile sig_atomic_t stop_flag;
+volatile sig_atomic_t stop_flag;
 static volatile pid_t running_child;
 
 static void on_signal(int sig)
@@ -363,10 +319,7 @@ static void on_signal(int sig)
 /* Children                                                            */
 /* ------------------------------------------------------------------ */
 
-typedef void (*side_fn)(struct result *r, const void *arg);
-
-/* Runs fn in a child process and returns its result. */
-static bool run_child(side_fn fn, const void *arg, struct result *out)
+bool run_child(side_fn fn, const void *arg, struct result *out)
 {
 	int pfd[2];
 	memset(out, 0, sizeof(*out));
@@ -454,14 +407,7 @@ static bool run_child(side_fn fn, const void *arg, struct result *out)
 /* Workloads (run in the children, on any memory)                      */
 /* ------------------------------------------------------------------ */
 
-/* Hints for a phase: upager advice or madvise, by side. */
-struct side_ops {
-	void (*hint)(void *ctx, uint8_t *base, size_t len, bool seq);
-	void (*sync)(void *ctx, uint8_t *base, size_t len, struct result *r);
-	void *ctx;
-};
-
-static void phase_fill(uint8_t *base, size_t len, struct phase *ph)
+void phase_fill(uint8_t *base, size_t len, struct phase *ph)
 {
 	double t0 = now_s();
 	for (uint64_t pg = 0; pg < len / PG; pg++)
@@ -473,8 +419,8 @@ static void phase_fill(uint8_t *base, size_t len, struct phase *ph)
 
 /* Random 4 KiB page touches: a word read from each, one in @write_every
  * also writes a word (none if 0). */
-static void phase_random(uint8_t *base, size_t len, uint64_t ops,
-			 unsigned write_every, uint64_t seed, struct phase *ph)
+void phase_random(uint8_t *base, size_t len, uint64_t ops,
+		  unsigned write_every, uint64_t seed, struct phase *ph)
 {
 	uint64_t s = seed, sum = 0, npg = len / PG;
 	double t0 = now_s();
@@ -495,7 +441,7 @@ static void phase_random(uint8_t *base, size_t len, uint64_t ops,
 }
 
 /* Sequential scan: one word of every 64-byte line. */
-static void phase_scan(uint8_t *base, size_t len, struct phase *ph)
+void phase_scan(uint8_t *base, size_t len, struct phase *ph)
 {
 	uint64_t sum = 0;
 	double t0 = now_s();
@@ -506,275 +452,16 @@ static void phase_scan(uint8_t *base, size_t len, struct phase *ph)
 	ph->sum = sum;
 	ph->ran = true;
 }
-
-/* The compressed comparison's phases on one side: fill, scan, then
- * (unless @no_random) random touches. The scan comes first so that every
- * side scans the same bytes. */
-static void lz4_workload(uint8_t *base, size_t len, const struct side_ops *so,
-			 struct result *r, bool no_random)
-{
-	so->hint(so->ctx, base, len, true);
-	phase_fill(base, len, &r->ph[PH_FILL]);
-	phase_scan(base, len, &r->ph[PH_SEQ]);
-	if (no_random)
-		return;
-	so->hint(so->ctx, base, len, false);
-	phase_random(base, len, O.ops, 10, 0x5eed, &r->ph[PH_RAND]);
-}
-
-/* Ends the file comparison's phase @ph begun at @t0 (wall) and @c0
- * (process CPU): the store sync (upager_flush or msync) is timed as part
- * of it and also on its own. */
-static void end_synced(const struct side_ops *so, uint8_t *base, size_t len,
-		       struct result *r, struct phase *ph, double t0, double c0)
-{
-	double t1 = now_s(), c1 = cpu_s();
-	so->sync(so->ctx, base, len, r);
-	ph->sync_secs = now_s() - t1;
-	ph->secs = now_s() - t0;
-	ph->sync_cpu_secs = cpu_s() - c1;
-	ph->cpu_secs = cpu_s() - c0;
-	ph->ran = true;
-}
-
-/* The file comparison's phases, each timed apart:
- * - PH_RAND: random read/write of a cold region, then flush; the region
- *   is under its budget all along (O.file_ops touches, 40,000 by default,
- *   reach about 15% of a data set four times the budget);
- * - PH_SCAN: a sequential read of every page, which leaves the budget
- *   full;
- * - PH_FULL: random read/write again (other pages), then flush: now most
- *   misses make room first, by eviction or the kernel's reclaim, and
- *   written victims go back to the file on the way;
- * - PH_SEQ: a sequential write of every page, then flush. */
-static void file_workload(uint8_t *base, size_t len, const struct side_ops *so,
-			  struct result *r)
-{
-	unsigned we = (unsigned)O.file_write_every;
-	so->hint(so->ctx, base, len, false);
-	double t0 = now_s(), c0 = cpu_s();
-	phase_random(base, len, O.file_ops, we, 0x5eed, &r->ph[PH_RAND]);
-	end_synced(so, base, len, r, &r->ph[PH_RAND], t0, c0);
-
-	so->hint(so->ctx, base, len, true);
-	struct phase *ph = &r->ph[PH_SCAN];
-	uint64_t sum = 0;
-	t0 = now_s();
-	c0 = cpu_s();
-	for (size_t off = 0; off < len; off += PG)
-		sum = sum * 31 + *(volatile uint64_t *)(base + off);
-	ph->secs = now_s() - t0;
-	ph->cpu_secs = cpu_s() - c0;
-	ph->units = len;
-	ph->sum = sum;
-	ph->ran = true;
-
-	so->hint(so->ctx, base, len, false);
-	t0 = now_s();
-	c0 = cpu_s();
-	phase_random(base, len, O.file_ops, we, 0xf011, &r->ph[PH_FULL]);
-	end_synced(so, base, len, r, &r->ph[PH_FULL], t0, c0);
-
-	so->hint(so->ctx, base, len, true);
-	ph = &r->ph[PH_SEQ];
-	t0 = now_s();
-	c0 = cpu_s();
-	for (uint64_t pg = 0; pg < len / PG; pg++)
-		gen_page(base + pg * PG, pg ^ 0x5a5a);
-	end_synced(so, base, len, r, ph, t0, c0);
-	ph->units = len;
-}
-
-/* ---- upager side ---- */
-
-struct up_ctx {
-	upager_t *up;
-	struct result *r;
-};
-
-static void up_hint(void *ctx, uint8_t *base, size_t len, bool seq)
-{
-	struct up_ctx *c = ctx;
-	int rc = upager_advise(c->up, base, len,
-			       seq ? UPAGER_ADV_SEQUENTIAL : UPAGER_ADV_RANDOM);
-	if (rc)
-		fail_res(c->r, "upager_advise: %s", upager_strerror(rc));
-}
-
-static void up_sync(void *ctx, uint8_t *base, size_t len, struct result *r)
-{
-	struct up_ctx *c = ctx;
-	int rc = upager_flush(c->up, base, len);
-	if (rc)
-		fail_res(r, "upager_flush: %s", upager_strerror(rc));
-}
-
-/* Polls resident_bytes while the workload runs. */
-struct watcher {
-	upager_t *up;
-	void *addr;
-	volatile bool stop;
-	uint64_t max;
-};
-
-static void *watch_main(void *arg)
-{
-	struct watcher *w = arg;
-	while (!w->stop) {
-		struct upager_stats st;
-		if (upager_stats(w->up, w->addr, &st) == 0 &&
-		    st.resident_bytes > w->max)
-			w->max = st.resident_bytes;
-		usleep(2000);
-	}
-	return NULL;
-}
-
-struct up_args {
-	bool lz4;        /* else the file comparison */
-	size_t page;     /* install unit */
-	bool no_random;  /* lz4: fill and scan only */
-	const char *path;
-	const char *cg;  /* cgroup to join, or NULL */
-	uint64_t budget;
-};
-
-static void upager_side(struct result *r, const void *argp)
-{
-	const struct up_args *a = argp;
-	upager_t *up = NULL;
-	upager_store_t *s = NULL;
-	uint8_t *base = NULL;
-	int rc;
-	if (a->cg && (rc = cg_join(a->cg))) {
-		fail_res(r, "joining %s: %s", a->cg, strerror(-rc));
-		return;
-	}
-	struct upager_config cfg = {
-		.workers = O.workers,
-		.flags = (O.no_follow ? UPAGER_CFG_NO_FOLLOW : 0) |
-			 (O.inline_faults ? UPAGER_CFG_INLINE : 0),
-	};
-	rc = upager_create(&cfg, &up);
-	if (rc) {
-		fail_res(r, "upager_create: %s", upager_strerror(rc));
-		return;
-	}
-	if (a->lz4) {
-		struct upager_lz4_opts lo = { .size = O.size };
-		rc = upager_store_lz4(&lo, NULL, &s);
-	} else {
-		rc = upager_store_file(a->path, UPAGER_STORE_WRITABLE |
-				       (O.direct ? UPAGER_STORE_DIRECT : 0), &s);
-	}
-	if (rc) {
-		fail_res(r, "store: %s", upager_strerror(rc));
-		goto out;
-	}
-	struct upager_map_opts mo = {
-		.page_size = a->page,
-		.readahead = O.readahead,
-		.flags = UPAGER_MAP_WRITEBACK,
-		.max_resident = a->budget,
-	};
-	rc = upager_map(up, s, 0, O.size, &mo, (void **)&base);
-	if (rc) {
-		fail_res(r, "upager_map: %s", upager_strerror(rc));
-		goto out;
-	}
-	struct up_ctx c = { .up = up, .r = r };
-	struct side_ops so = { .hint = up_hint, .sync = up_sync, .ctx = &c };
-	struct watcher w = { .up = up, .addr = base };
-	pthread_t wt;
-	bool watching = pthread_create(&wt, NULL, watch_main, &w) == 0;
-	if (a->lz4)
-		lz4_workload(base, O.size, &so, r, a->no_random);
-	else
-		file_workload(base, O.size, &so, r);
-	if (watching) {
-		w.stop = true;
-		pthread_join(wt, NULL);
-	}
-	r->max_resident_seen = w.max;
-	upager_stats(up, base, &r->st);
-	if (a->lz4)
-		upager_store_lz4_stats(s, &r->lz);
-	rc = upager_unmap(up, base);
-	if (rc)
-		fail_res(r, "upager_unmap: %s", upager_strerror(rc));
-out:
-	upager_store_release(s);
-	upager_destroy(up);
-}
-
-/* ---- kernel side ---- */
-
-static void k_hint(void *ctx, uint8_t *base, size_t len, bool seq)
-{
-	(void)ctx;
-	madvise(base, len, seq ? MADV_SEQUENTIAL : MADV_RANDOM);
-}
-
-static void k_sync(void *ctx, uint8_t *base, size_t len, struct result *r)
-{
-	(void)ctx;
-	if (msync(base, len, MS_SYNC))
-		fail_res(r, "msync: %s", strerror(errno));
-}
-
-struct k_args {
-	bool lz4;
-	const char *path;
-	const char *cg;
-};
-
-static void kernel_side(struct result *r, const void *argp)
-{
-	const struct k_args *a = argp;
-	int rc = cg_join(a->cg);
-	if (rc) {
-		fail_res(r, "joining %s: %s", a->cg, strerror(-rc));
-		return;
-	}
-	int fd = -1;
-	if (!a->lz4) {
-		fd = open(a->path, O_RDWR | O_CLOEXEC);
-		if (fd < 0) {
-			fail_res(r, "open %s: %s", a->path, strerror(errno));
-			return;
-		}
-	}
-	uint8_t *base = mmap(NULL, O.size, PROT_READ | PROT_WRITE,
-			     a->lz4 ? MAP_PRIVATE | MAP_ANONYMOUS : MAP_SHARED,
-			     fd, 0);
-	if (base == MAP_FAILED) {
-		fail_res(r, "mmap: %s", strerror(errno));
-		if (fd >= 0)
-			close(fd);
-		return;
-	}
-	struct side_ops so = { .hint = k_hint, .sync = k_sync };
-	if (a->lz4) {
-		lz4_workload(base, O.size, &so, r, false);
-		zram_mm_stat(&r->zram_orig, &r->zram_compr, &r->zram_used);
-	} else {
-		file_workload(base, O.size, &so, r);
-	}
-	munmap(base, O.size);
-	if (fd >= 0)
-		close(fd);
-}
-
 /* ------------------------------------------------------------------ */
 /* Report                                                              */
 /* ------------------------------------------------------------------ */
 
 static bool header_done;
-static bool any_mismatch, any_failed;
+bool any_mismatch, any_failed;
 
-static void row(const char *cmp, const char *work, const char *unit,
-		const struct phase *u, const struct phase *k, bool k_ok,
-		const char *kwhy)
+void row(const char *cmp, const char *work, const char *unit,
+	 const struct phase *u, const struct phase *k, bool k_ok,
+	 const char *kwhy)
 {
 	double uv = u && u->ran && u->secs > 0 ? (double)u->units / u->secs : 0;
 	double kv = k_ok && k && k->ran && k->secs > 0 ?
@@ -810,8 +497,8 @@ static void row(const char *cmp, const char *work, const char *unit,
 	       ks, rs, kwhy && !k_ok ? "  " : "", kwhy && !k_ok ? kwhy : "");
 }
 
-static void check_sums(const char *what, const struct result *u,
-		       const struct result *k)
+void check_sums(const char *what, const struct result *u,
+		const struct result *k)
 {
 	for (int p = 0; p < PH_N; p++) {
 		if (!u->ph[p].ran || !k->ph[p].ran)
@@ -824,12 +511,11 @@ static void check_sums(const char *what, const struct result *u,
 		}
 	}
 }
-
 /* ------------------------------------------------------------------ */
 /* The two comparisons                                                 */
 /* ------------------------------------------------------------------ */
 
-static bool kernel_possible(char *why, size_t wl)
+bool kernel_possible(char *why, size_t wl)
 {
 	if (!O.kernel) {
 		snprintf(why, wl, "kernel side skipped (--no-kernel)");
@@ -847,342 +533,6 @@ static bool kernel_possible(char *why, size_t wl)
 	}
 	return true;
 }
-
-static void note_upager_lz4(const char *what, const struct result *u)
-{
-	note("upager side (%s): lz4 held %" PRIu64 " MiB of data in %" PRIu64
-	     " MiB (ratio %.2f), allocator %" PRIu64 " MiB; faults %" PRIu64
-	     " (p50 %" PRIu64 " us, p99 %" PRIu64 " us), prefetched %"
-	     PRIu64 ", evictions %" PRIu64 ", write-backs %" PRIu64
-	     " (%" PRIu64 " found unchanged by the store)"
-	     ", max resident seen %" PRIu64 " MiB, peak RSS %ld MiB",
-	     what, u->lz.bytes_logical >> 20, u->lz.bytes_stored >> 20,
-	     u->lz.ratio, u->lz.bytes_allocated >> 20, u->st.faults,
-	     upager_stats_percentile(&u->st, 50),
-	     upager_stats_percentile(&u->st, 99),
-	     u->st.prefetched, u->st.evictions, u->st.writebacks,
-	     u->lz.unchanged,
-	     u->max_resident_seen >> 20, u->peak_rss_kib >> 10);
-}
-
-/* Runs the upager side of the compressed comparison with install unit
- * @page; reports a failure. */
-static bool upager_lz4_run(size_t page, bool no_random, struct result *u)
-{
-	struct up_args ua = { .lz4 = true, .page = page,
-			      .no_random = no_random, .budget = O.budget };
-	bool ok = run_child(upager_side, &ua, u);
-	if (!ok) {
-		note("upager side (unit %zu KiB) failed: %s", page >> 10,
-		     u->err);
-		any_failed = true;
-	}
-	return ok;
-}
-
-static bool kernel_lz4_run(struct result *k, char *why, size_t wl)
-{
-	if (!kernel_possible(why, wl))
-		return false;
-	const char *cg = cg_create(0, O.budget, why, wl);
-	bool ok = cg && zram_setup(O.size * 2, why, wl);
-	if (ok) {
-		note("kernel side: v1 memory cgroup %s (limit %" PRIu64
-		     " MiB), swap on /dev/zram%d (lz4, disksize %" PRIu64
-		     " MiB), set up by this program and removed at exit", cg,
-		     O.budget >> 20, zram_id, (O.size * 2) >> 20);
-		struct k_args ka = { .lz4 = true, .cg = cg };
-		ok = run_child(kernel_side, &ka, k);
-		if (!ok) {
-			snprintf(why, wl, "kernel side failed: %s", k->err);
-			any_failed = true;
-		} else {
-			char p[300];
-			snprintf(p, sizeof(p), "%s/memory.max_usage_in_bytes",
-				 cg);
-			note("kernel side: cgroup peak usage %" PRIu64
-			     " MiB, zram held %" PRIu64 " MiB of data in %"
-			     PRIu64 " MiB (ratio %.2f), %" PRIu64
-			     " MiB of memory, peak RSS %ld MiB",
-			     read_u64(p) >> 20, k->zram_orig >> 20,
-			     k->zram_compr >> 20,
-			     k->zram_compr ? (double)k->zram_orig /
-					     (double)k->zram_compr : 0,
-			     k->zram_used >> 20, k->peak_rss_kib >> 10);
-		}
-	}
-	zram_teardown();
-	cg_remove(0);
-	return ok;
-}
-
-/* Upager runs twice: with 4 KiB units (fill, scan, random touches) and
- * with --seq-page units (fill and scan only): an application picks the
- * unit per region, the kernel cannot. Both are reported. */
-static void compare_lz4(void)
-{
-	char why[256] = "", wr[48], ws[48], ws4[48], wf[48], wf4[48];
-	struct result u, us, k;
-	memset(&k, 0, sizeof(k));
-	memset(&us, 0, sizeof(us));
-	note("== compressed memory: %" PRIu64 " MiB of data, budget %" PRIu64
-	     " MiB; upager lz4 store alone (units %zu KiB and %zu KiB, "
-	     "readahead %zu KiB) vs kernel anon memory + zram lz4 swap",
-	     O.size >> 20, O.budget >> 20, O.page >> 10, O.seq_page >> 10,
-	     O.readahead >> 10);
-
-	bool u_ok = upager_lz4_run(O.page, false, &u);
-	bool s_ok = O.seq_page != O.page &&
-		    upager_lz4_run(O.seq_page, true, &us);
-	bool k_ok = kernel_lz4_run(&k, why, sizeof(why));
-	if (!k_ok)
-		note("%s", why);
-	if (u_ok)
-		note_upager_lz4("random-access unit", &u);
-	if (s_ok)
-		note_upager_lz4("sequential unit", &us);
-	if (u_ok && k_ok)
-		check_sums("compressed", &u, &k);
-	if (s_ok && k_ok)
-		check_sums("compressed, sequential unit", &us, &k);
-
-	/* No commas: the names are csv fields too. */
-	snprintf(wr, sizeof(wr), "random 4K touch (%zuK unit)", O.page >> 10);
-	snprintf(ws, sizeof(ws), "seq scan (%zuK unit)", O.seq_page >> 10);
-	snprintf(ws4, sizeof(ws4), "seq scan (%zuK unit)", O.page >> 10);
-	snprintf(wf, sizeof(wf), "seq fill (%zuK unit)", O.seq_page >> 10);
-	snprintf(wf4, sizeof(wf4), "seq fill (%zuK unit)", O.page >> 10);
-	if (u_ok)
-		row("compressed", wr, "pages/s", &u.ph[PH_RAND],
-		    &k.ph[PH_RAND], k_ok, NULL);
-	if (s_ok) {
-		row("compressed", ws, "MB/s", &us.ph[PH_SEQ], &k.ph[PH_SEQ],
-		    k_ok, NULL);
-		row("compressed", wf, "MB/s", &us.ph[PH_FILL],
-		    &k.ph[PH_FILL], k_ok, NULL);
-	}
-	if (u_ok) {
-		row("compressed", ws4, "MB/s", &u.ph[PH_SEQ], &k.ph[PH_SEQ],
-		    k_ok, NULL);
-		row("compressed", wf4, "MB/s", &u.ph[PH_FILL],
-		    &k.ph[PH_FILL], k_ok, NULL);
-	}
-	if (!O.csv)
-		printf("\n");
-}
-
-/* Creates the file comparison's file (text pages), on disk and out of the
- * page cache. */
-static int make_file(const char *path)
-{
-	int fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-	if (fd < 0)
-		return -errno;
-	uint8_t *buf = malloc(MIB);
-	int rc = buf ? 0 : -ENOMEM;
-	for (uint64_t off = 0; rc == 0 && off < O.size; off += MIB) {
-		size_t n = O.size - off < MIB ? (size_t)(O.size - off) : MIB;
-		for (size_t p = 0; p < n; p += PG)
-			gen_page(buf + p, (off + p) / PG);
-		if (pwrite(fd, buf, n, (off_t)off) != (ssize_t)n)
-			rc = -EIO;
-	}
-	free(buf);
-	if (rc == 0 && fsync(fd))
-		rc = -errno;
-	posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-	close(fd);
-	return rc;
-}
-
-#define HASH_SEED 0x84222325ull
-
-/* Folds @n bytes (a multiple of 8) into hash @h, word by word. */
-static uint64_t hash_words(uint64_t h, const uint8_t *p, size_t n)
-{
-	for (size_t i = 0; i + 8 <= n; i += 8) {
-		uint64_t w;
-		memcpy(&w, p + i, 8);
-		h = (h ^ w) * 0x100000001b3ull;
-	}
-	return h;
-}
-
-/* A 64-bit hash of the file's contents (after a side finished). */
-static uint64_t hash_file(const char *path)
-{
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return 0;
-	uint8_t *buf = malloc(MIB);
-	uint64_t h = HASH_SEED;
-	ssize_t n;
-	off_t off = 0;
-	while (buf && (n = pread(fd, buf, MIB, off)) > 0) {
-		h = hash_words(h, buf, (size_t)n);
-		off += n;
-	}
-	free(buf);
-	posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-	close(fd);
-	return h;
-}
-
-/* The hash the file must have after a side: its last phase rewrote every
- * page (file_workload()), so nothing else may be left. */
-static uint64_t hash_expected(void)
-{
-	uint8_t page[PG];
-	uint64_t h = HASH_SEED;
-	for (uint64_t pg = 0; pg < O.size / PG; pg++) {
-		gen_page(page, pg ^ 0x5a5a);
-		h = hash_words(h, page, PG);
-	}
-	return h;
-}
-
-static void compare_file(void)
-{
-	char why[256] = "", path[4096];
-	struct result u, k;
-	memset(&u, 0, sizeof(u));
-	memset(&k, 0, sizeof(k));
-	snprintf(path, sizeof(path), "%s/upager-budget-bench-%d.dat", O.dir,
-		 (int)getpid());
-	bool kpos = kernel_possible(why, sizeof(why));
-	if (kpos && O.headroom_auto && O.headroom == 0) {
-		snprintf(why, sizeof(why), "file comparison: kernel side "
-			 "skipped: a budget under 32 MiB leaves no room in a "
-			 "cgroup of that limit for upager's own memory beyond "
-			 "its budget (about 12 MiB); give --headroom to run it "
-			 "anyway");
-		kpos = false;
-	}
-	uint64_t ubudget = kpos ? O.budget - O.headroom : O.budget;
-	note("== writable file: %" PRIu64 " MiB file in %s; upager WRITEBACK "
-	     "region (file store%s, %zu KiB units, budget %" PRIu64
-	     " MiB%s) vs mmap MAP_SHARED in a cgroup limited to %" PRIu64
-	     " MiB", O.size >> 20, O.dir, O.direct ? ", O_DIRECT reads" : "",
-	     O.file_page >> 10, ubudget >> 20,
-	     kpos ? ", in a cgroup of the same limit" : "", O.budget >> 20);
-
-	int rc = make_file(path);
-	if (rc) {
-		note("file comparison skipped: cannot write %s: %s", path,
-		     strerror(-rc));
-		unlink(path);
-		return;
-	}
-	const char *ucg = NULL;
-	if (kpos)
-		ucg = cg_create(1, O.budget, why, sizeof(why));
-	struct up_args ua = { .lz4 = false, .page = O.file_page, .path = path,
-			      .cg = ucg,
-			      .budget = ubudget };
-	bool u_ok = run_child(upager_side, &ua, &u);
-	uint64_t uh = hash_file(path);
-	cg_remove(1);
-	if (!u_ok) {
-		note("upager side failed: %s", u.err);
-		if (ucg)
-			note("(its cgroup's limit is the budget, %" PRIu64
-			     " MiB, and its region budget %" PRIu64 " MiB "
-			     "under it: upager's own memory beyond the region "
-			     "budget, about 12 MiB, must fit in --headroom)",
-			     O.budget >> 20, ubudget >> 20);
-		any_failed = true;
-	}
-
-	bool k_ok = kpos;
-	const char *kcg = NULL;
-	if (k_ok) {
-		kcg = cg_create(2, O.budget, why, sizeof(why));
-		k_ok = kcg != NULL;
-	}
-	uint64_t kh = 0;
-	if (k_ok && (rc = make_file(path))) {
-		snprintf(why, sizeof(why), "cannot rewrite %.160s: %s", path,
-			 strerror(-rc));
-		k_ok = false;
-	}
-	if (k_ok) {
-		struct k_args ka = { .lz4 = false, .path = path, .cg = kcg };
-		k_ok = run_child(kernel_side, &ka, &k);
-		if (!k_ok) {
-			snprintf(why, sizeof(why), "kernel side failed: %s",
-				 k.err);
-			any_failed = true;
-		}
-		kh = hash_file(path);
-	}
-	cg_remove(2);
-	unlink(path);
-	if (!k_ok)
-		note("%s", why);
-	if (u_ok)
-		note("upager side: faults %" PRIu64 " (p50 %" PRIu64
-		     " us, p99 %" PRIu64 " us), prefetched %" PRIu64
-		     ", evictions %" PRIu64 ", write-backs %" PRIu64
-		     ", max resident seen %" PRIu64 " MiB, peak RSS %ld MiB",
-		     u.st.faults, upager_stats_percentile(&u.st, 50),
-		     upager_stats_percentile(&u.st, 99), u.st.prefetched,
-		     u.st.evictions,
-		     u.st.writebacks,
-		     u.max_resident_seen >> 20, u.peak_rss_kib >> 10);
-	static const struct {
-		int ph;
-		const char *what, *row, *unit;
-		bool synced;
-	} fph[] = {
-		{ PH_RAND, "random r/w", "random r/w + flush", "pages/s", true },
-		{ PH_SCAN, "seq read", "seq read", "MB/s", false },
-		{ PH_FULL, "random r/w, budget full", "random full + flush",
-		  "pages/s", true },
-		{ PH_SEQ, "seq write", "seq write + flush", "MB/s", true },
-	};
-	for (size_t i = 0; u_ok && i < sizeof(fph) / sizeof(fph[0]); i++) {
-		const struct phase *a = &u.ph[fph[i].ph], *b = &k.ph[fph[i].ph];
-		char kside[96] = "", usync[48] = "", ksync[48] = "";
-		if (fph[i].synced) {
-			snprintf(usync, sizeof(usync), " + flush %.2f s (cpu "
-				 "%.2f)", a->sync_secs, a->sync_cpu_secs);
-			snprintf(ksync, sizeof(ksync), " + msync %.2f s (cpu "
-				 "%.2f)", b->sync_secs, b->sync_cpu_secs);
-		}
-		if (k_ok)
-			snprintf(kside, sizeof(kside), ", kernel %.2f s (cpu "
-				 "%.2f)%s", b->secs - b->sync_secs,
-				 b->cpu_secs - b->sync_cpu_secs, ksync);
-		note("%s: upager %.2f s (cpu %.2f)%s%s", fph[i].what,
-		     a->secs - a->sync_secs, a->cpu_secs - a->sync_cpu_secs,
-		     usync, kside);
-	}
-	uint64_t want = hash_expected();
-	if (u_ok && uh != want) {
-		note("the file after the upager side is not what was written "
-		     "(hash %#" PRIx64 ", expected %#" PRIx64 ")", uh, want);
-		any_mismatch = true;
-	}
-	if (k_ok && kh != want) {
-		note("the file after the kernel side is not what was written "
-		     "(hash %#" PRIx64 ", expected %#" PRIx64 ")", kh, want);
-		any_mismatch = true;
-	}
-	if (u_ok && k_ok)
-		check_sums("file", &u, &k);
-	if (!u_ok)
-		return;
-	for (size_t i = 0; i < sizeof(fph) / sizeof(fph[0]); i++) {
-		char w[48];
-		snprintf(w, sizeof(w), "%s (%zuK unit)", fph[i].row,
-			 O.file_page >> 10);
-		row("file", w, fph[i].unit, &u.ph[fph[i].ph],
-		    &k.ph[fph[i].ph], k_ok, NULL);
-	}
-	if (!O.csv)
-		printf("\n");
-}
-
 int main(int argc, char **argv)
 {
 	parse_opts(argc, argv);
