@@ -299,6 +299,44 @@ bool upager__ring_pop(struct upager__ring *q, void *e) UPAGER__HIDDEN;
 
 /* ---- workers (worker.c) ---- */
 
+/* A worker's read buffers (readbuf.c): an arena of pages and, where
+ * there are transparent huge pages, huge slots for whole 2 MiB units.
+ * Used by the owning worker's thread alone. */
+#define UPAGER__ARENA_BYTES (4u << 20)
+#define UPAGER__ARENA_PAGES (UPAGER__ARENA_BYTES / 4096)
+#define UPAGER__HUGE_SLOTS 4u
+struct upager__rbufs {
+	char *arena;
+	uint64_t used[UPAGER__ARENA_PAGES / 64]; /* arena pages in use */
+	char *huge;         /* UPAGER__HUGE_SLOTS huge pages, or NULL; empty
+			       but while a read is in flight */
+	unsigned huge_used; /* bitmap */
+};
+/* 0 or -ENOMEM. */
+int upager__rbufs_init(struct upager__rbufs *b) UPAGER__HIDDEN;
+void upager__rbufs_destroy(struct upager__rbufs *b) UPAGER__HIDDEN;
+/* n contiguous arena pages (last fit if @spare); NULL if none. */
+char *upager__rbufs_arena_alloc(struct upager__rbufs *b, size_t n,
+				bool spare) UPAGER__HIDDEN;
+void upager__rbufs_arena_free(struct upager__rbufs *b, char *buf,
+			      size_t n) UPAGER__HIDDEN;
+bool upager__rbufs_arena_fits(const struct upager__rbufs *b,
+			      size_t n) UPAGER__HIDDEN;
+/* A buffer of np pages for units [u, u+n) of r, whose data starts @skip
+ * bytes in: a huge slot where the read's pages can be moved into the
+ * region, else arena pages; NULL if neither. */
+char *upager__rbufs_alloc(struct upager__rbufs *b,
+			  const struct upager__region *r, size_t n, size_t skip,
+			  size_t np, bool spare) UPAGER__HIDDEN;
+void upager__rbufs_free(struct upager__rbufs *b, char *buf,
+			size_t np) UPAGER__HIDDEN;
+bool upager__rbufs_fits(const struct upager__rbufs *b,
+			const struct upager__region *r, size_t n, size_t skip,
+			size_t np) UPAGER__HIDDEN;
+/* Whether p is in a huge slot (its unit is installed by a move). */
+bool upager__rbufs_in_huge(const struct upager__rbufs *b,
+			   const char *p) UPAGER__HIDDEN;
+
 struct upager__worker;
 int upager__workers_start(upager_t *up) UPAGER__HIDDEN;
 /* The manager's own worker: a ring, slots and arena for the demand reads

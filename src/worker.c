@@ -7,7 +7,7 @@
  * first, then prefetch batches, keeps as many reads in flight as it has
  * slots, and installs each unit as its read completes. A whole 2 MiB
  * unit is read into a huge page of its own and moved into the region
- * rather than copied (moves()).
+ * rather than copied (readbuf.c).
  *
  * Sleeping: a worker blocks only inside io_uring_submit_and_wait(), with a
  * read on its eventfd always armed in the ring. Before blocking it sets
@@ -37,10 +37,7 @@
 
 #include "internal.h"
 
-#define ARENA_BYTES (4u << 20) /* read buffers of one worker */
-#define ARENA_PAGES (ARENA_BYTES / 4096)
 #define HUGE_BYTES (2u << 20)  /* a PMD-mapped transparent huge page */
-#define HUGE_SLOTS 4u          /* huge read buffers of one worker */
 #define RUN_BYTES (1u << 20)   /* largest prefetch read */
 #define MANAGER_INFLIGHT 2u    /* demand reads the manager does itself */
 #define MANAGER_SYNC_MAX (64u << 10) /* in-memory reads it does itself */
@@ -80,16 +77,10 @@ struct upager__worker {
 	unsigned nslots;
 	int free_head;
 	unsigned inflight;
-	/* Read buffers come from one arena per worker, so a worker's buffer
-	 * memory is bounded (ARENA_BYTES, and the huge slots below) whatever
-	 * the mix of unit sizes. */
-	char *arena;
-	uint64_t used[ARENA_PAGES / 64]; /* bitmap of arena pages in use */
-	/* Reads of one 2 MiB unit go to a huge page of their own where
-	 * they can, whose page is then moved into the region, not copied
-	 * (see moves()). Empty but while a read is in flight. */
-	char *huge;         /* HUGE_SLOTS huge pages, or NULL */
-	unsigned huge_used; /* bitmap */
+	/* Read buffers (readbuf.c): bounded whatever the mix of unit
+	 * sizes; a read of one whole 2 MiB unit may go to a huge page that
+	 * is then moved into the region, not copied. */
+	struct upager__rbufs rb;
 	struct upager__req held; /* demand fetch taken, waiting for a slot */
 	bool has_held;
 	struct upager__pf cur; /* prefetch batch being worked through */
@@ -99,139 +90,6 @@ struct upager__worker {
 static size_t round_up(size_t v, size_t a)
 {
 	return (v + a - 1) & ~(a - 1);
-}
-
-static bool page_used(const struct upager__worker *w, size_t p)
-{
-	return w->used[p / 64] & (1ull << (p % 64));
-}
-
-static void mark_pages(struct upager__worker *w, size_t p, size_t n, bool on)
-{
-	for (size_t i = p; i < p + n; i++) {
-		if (on)
-			w->used[i / 64] |= 1ull << (i % 64);
-		else
-			w->used[i / 64] &= ~(1ull << (i % 64));
-	}
-}
-
-/* First page of the first run of n free arena pages; ARENA_PAGES if
- * none. */
-static size_t arena_find(const struct upager__worker *w, size_t n)
-{
-	size_t run = 0;
-	for (size_t p = 0; p < ARENA_PAGES; p++) {
-		if (!(p % 64) && w->used[p / 64] == ~0ull) {
-			run = 0;
-			p += 63;
-			continue;
-		}
-		run = page_used(w, p) ? 0 : run + 1;
-		if (run == n)
-			return p + 1 - n;
-	}
-	return ARENA_PAGES;
-}
-
-/* First page of the last run of n free arena pages; ARENA_PAGES if
- * none. */
-static size_t arena_find_last(const struct upager__worker *w, size_t n)
-{
-	size_t run = 0;
-	for (size_t p = ARENA_PAGES; p-- > 0;) {
-		run = page_used(w, p) ? 0 : run + 1;
-		if (run == n)
-			return p;
-	}
-	return ARENA_PAGES;
-}
-
-/* First fit of n contiguous free arena pages (last fit for a buffer
- * held only in case: see mapped_src()); NULL if none. */
-static char *arena_alloc(struct upager__worker *w, size_t n, bool spare)
-{
-	size_t p = spare ? arena_find_last(w, n) : arena_find(w, n);
-	if (p == ARENA_PAGES)
-		return NULL;
-	mark_pages(w, p, n, true);
-	return w->arena + p * 4096;
-}
-
-static void arena_free(struct upager__worker *w, char *buf, size_t n)
-{
-	mark_pages(w, (size_t)(buf - w->arena) / 4096, n, false);
-}
-
-static bool arena_fits(const struct upager__worker *w, size_t n)
-{
-	return arena_find(w, n) < ARENA_PAGES;
-}
-
-/* Whether a read of units [u, u+n) of r goes to a huge slot, to be moved
- * into the region with UFFDIO_MOVE: one whole 2 MiB unit from the start
- * of a page of an O_DIRECT or custom store (a buffered file store's
- * scans measured 8% slower with it, the kernel's copy out of the page
- * cache and the huge page's clearing both left on the read's path), in
- * a region of this process's own whose pages need no write-protection
- * (a write-protected region's vma has another page protection than the
- * buffer's, and the kernel moves pages only between vmas that agree),
- * and where moving has not failed before. A huge page moves as one page
- * table entry: no copy, no 512 page allocations; moving 512 small pages
- * is slower than copying them, so smaller units are copied. */
-static bool moves(const struct upager__worker *w, const struct upager__region *r,
-		  size_t n, size_t skip)
-{
-	return w->huge && skip == 0 && (n << r->page_shift) == HUGE_BYTES &&
-	       (r->store->kind == UPAGER__STORE_CUSTOM ||
-		(r->store->flags & UPAGER_STORE_DIRECT)) &&
-	       !r->wp && r->sp->local && r->sp->caps.move &&
-	       !atomic_load_explicit(&r->no_move, memory_order_relaxed);
-}
-
-static bool huge_free(const struct upager__worker *w)
-{
-	return w->huge_used != (1u << HUGE_SLOTS) - 1;
-}
-
-static bool in_huge(const struct upager__worker *w, const char *p)
-{
-	return w->huge && p >= w->huge && p < w->huge + HUGE_SLOTS * HUGE_BYTES;
-}
-
-/* A read buffer of np pages for units [u, u+n) of r: a huge slot where
- * moves() says so and one is free, else arena pages; NULL if neither.
- * spare: a buffer the read will likely not touch. */
-static char *buf_alloc(struct upager__worker *w, const struct upager__region *r,
-		       size_t n, size_t skip, size_t np, bool spare)
-{
-	if (moves(w, r, n, skip) && huge_free(w)) {
-		unsigned i = (unsigned)__builtin_ctz(~w->huge_used);
-		w->huge_used |= 1u << i;
-		char *p = w->huge + (size_t)i * HUGE_BYTES;
-		/* Its huge page, allocated here rather than by the
-		 * kernel's copy into it in the middle of the read. */
-		*(volatile char *)p = 0;
-		return p;
-	}
-	return arena_alloc(w, np, spare);
-}
-
-static void buf_free(struct upager__worker *w, char *buf, size_t np)
-{
-	if (!in_huge(w, buf)) {
-		arena_free(w, buf, np);
-		return;
-	}
-	size_t i = (size_t)(buf - w->huge) / HUGE_BYTES;
-	w->huge_used &= ~(1u << i);
-}
-
-static bool buf_fits(const struct upager__worker *w,
-		     const struct upager__region *r, size_t n, size_t skip,
-		     size_t np)
-{
-	return (moves(w, r, n, skip) && huge_free(w)) || arena_fits(w, np);
 }
 
 static bool all_zero(const char *p, size_t n)
@@ -387,7 +245,7 @@ static void drop_source(const struct upager__worker *w,
 			const struct upager__req *j, const char *data)
 {
 	const upager_store_t *s = j->r->store;
-	if (in_huge(w, data))
+	if (upager__rbufs_in_huge(&w->rb, data))
 		madvise((void *)data, HUGE_BYTES, MADV_DONTNEED);
 	else if (data)
 		unmap_source(s, data, job_units(j) << j->r->page_shift);
@@ -430,7 +288,7 @@ static void finish(struct upager__worker *w, const struct upager__req *j,
 		 * that has seen its data sees it counted, and whoever waits
 		 * for a count finds the pages there. */
 		enum upager__fill how = zero ? FILL_ZERO :
-					in_huge(w, data) ? FILL_MOVE : FILL_COPY;
+					upager__rbufs_in_huge(&w->rb, data) ? FILL_MOVE : FILL_COPY;
 		int rc = upager__install(r, j->unit + i, k,
 					 zero ? NULL : data + i * ps, how, wp);
 		if (rc == -EAGAIN && w->manager) {
@@ -479,7 +337,7 @@ static bool run_mapped(struct upager__worker *w, const struct upager__req *j,
 		return false;
 	char *buf = NULL;
 	if (want < len) {
-		buf = arena_alloc(w, np, false); /* fits: can_start said so */
+		buf = upager__rbufs_arena_alloc(&w->rb, np, false); /* fits: can_start said so */
 		if (!buf)
 			return false;
 		memcpy(buf, src, want);
@@ -489,7 +347,7 @@ static bool run_mapped(struct upager__worker *w, const struct upager__req *j,
 	CNT_INC(&r->cnt, bytes_fetched, want);
 	finish(w, j, src, want);
 	if (buf)
-		arena_free(w, buf, np);
+		upager__rbufs_arena_free(&w->rb, buf, np);
 	return true;
 }
 
@@ -503,7 +361,7 @@ static void run_custom(struct upager__worker *w, const struct upager__req *j,
 	size_t len = job_units(j) << r->page_shift, np = len / 4096;
 	if (s->ops.map && run_mapped(w, j, want))
 		return;
-	char *buf = buf_alloc(w, r, job_units(j), 0, np, false);
+	char *buf = upager__rbufs_alloc(&w->rb, r, job_units(j), 0, np, false);
 	int rc = buf ? 0 : -ENOMEM;
 	if (rc == 0 && want)
 		rc = s->ops.read(s->ctx, buf, want,
@@ -517,7 +375,7 @@ static void run_custom(struct upager__worker *w, const struct upager__req *j,
 		finish(w, j, buf, want);
 	}
 	if (buf)
-		buf_free(w, buf, np);
+		upager__rbufs_free(&w->rb, buf, np);
 }
 
 static struct io_uring_sqe *get_sqe(struct upager__worker *w)
@@ -608,8 +466,8 @@ static bool can_start(struct upager__worker *w, const struct upager__region *r,
 	size_t skip;
 	size_t np = read_pages(r, u, n, &skip);
 	if (r->store->kind == UPAGER__STORE_CUSTOM)
-		return buf_fits(w, r, n, skip, np);
-	return w->free_head >= 0 && buf_fits(w, r, n, skip, np);
+		return upager__rbufs_fits(&w->rb, r, n, skip, np);
+	return w->free_head >= 0 && upager__rbufs_fits(&w->rb, r, n, skip, np);
 }
 
 /* Starts the fetch j; the job's region reference passes to the fetch.
@@ -653,7 +511,7 @@ static bool start(struct upager__worker *w, const struct upager__req *j)
 	    upager__store_read_direct(r->store, off, want))
 		sl->fd = r->store->dwfd;
 	/* Fits: can_start said so. */
-	sl->buf = buf_alloc(w, r, n, sl->skip, sl->pages, sl->src != NULL);
+	sl->buf = upager__rbufs_alloc(&w->rb, r, n, sl->skip, sl->pages, sl->src != NULL);
 	w->free_head = sl->next_free;
 	sl->job = *j;
 	sl->want = want;
@@ -670,7 +528,7 @@ static bool start(struct upager__worker *w, const struct upager__req *j)
 static void release_slot(struct upager__worker *w, struct slot *sl)
 {
 	w->inflight--;
-	buf_free(w, sl->buf, sl->pages);
+	upager__rbufs_free(&w->rb, sl->buf, sl->pages);
 	sl->job.r = NULL;
 	sl->next_free = w->free_head;
 	w->free_head = (int)(sl - w->slots);
@@ -786,7 +644,7 @@ static bool take_prefetch(struct upager__worker *w)
 static bool has_slot(struct upager__worker *w)
 {
 	/* The smallest read: one 4 KiB unit and its alignment page. */
-	return w->free_head >= 0 && arena_fits(w, 2);
+	return w->free_head >= 0 && upager__rbufs_arena_fits(&w->rb, 2);
 }
 
 /* The most units a prefetch run from unit u reads with one request:
@@ -1040,50 +898,7 @@ static void worker_free(struct upager__worker *w)
 	if (w->efd >= 0)
 		close(w->efd);
 	free(w->slots);
-	if (w->arena)
-		munmap(w->arena, ARENA_BYTES);
-	if (w->huge)
-		munmap(w->huge, HUGE_SLOTS * HUGE_BYTES);
-}
-
-/* Whether the kernel gives transparent huge pages to a range advised
- * MADV_HUGEPAGE ("always" or "madvise"; not "never", nor without THP). */
-static bool thp_advisable(void)
-{
-	char buf[64] = "";
-	int fd = open("/sys/kernel/mm/transparent_hugepage/enabled",
-		      O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return false;
-	ssize_t n = read(fd, buf, sizeof(buf) - 1);
-	close(fd);
-	if (n <= 0)
-		return false;
-	return strstr(buf, "[always]") || strstr(buf, "[madvise]");
-}
-
-/* The huge slots: HUGE_SLOTS huge pages, aligned, advised MADV_HUGEPAGE
- * and MADV_DONTFORK (a child sharing a page would make the kernel refuse
- * to move it). NULL where there are no huge pages to be had or no
- * memory: reads then all go to the arena. */
-static char *huge_slots(void)
-{
-	if (!thp_advisable())
-		return NULL;
-	size_t len = HUGE_SLOTS * HUGE_BYTES;
-	char *p = mmap(NULL, len + HUGE_BYTES, PROT_READ | PROT_WRITE,
-		       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-	if (p == MAP_FAILED)
-		return NULL;
-	char *a = (char *)round_up((uintptr_t)p, HUGE_BYTES);
-	if (a > p)
-		munmap(p, (size_t)(a - p));
-	munmap(a + len, HUGE_BYTES - (size_t)(a - p));
-	if (madvise(a, len, MADV_HUGEPAGE) || madvise(a, len, MADV_DONTFORK)) {
-		munmap(a, len);
-		return NULL;
-	}
-	return a;
+	upager__rbufs_destroy(&w->rb);
 }
 
 static int worker_init(upager_t *up, struct upager__worker *w)
@@ -1096,18 +911,14 @@ static int worker_init(upager_t *up, struct upager__worker *w)
 	w->slots = calloc(w->nslots, sizeof(*w->slots));
 	if (!w->slots)
 		return -ENOMEM;
-	w->arena = mmap(NULL, ARENA_BYTES, PROT_READ | PROT_WRITE,
-			MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (w->arena == MAP_FAILED) {
-		w->arena = NULL;
-		return -ENOMEM;
-	}
-	w->huge = huge_slots();
+	int rc = upager__rbufs_init(&w->rb);
+	if (rc)
+		return rc;
 	for (unsigned i = 0; i < w->nslots; i++)
 		w->slots[i].next_free = i + 1 < w->nslots ? (int)i + 1 : -1;
 	w->free_head = 0;
 	/* Slots plus the eventfd read, with room to spare. */
-	int rc = io_uring_queue_init(up->queue_depth * 2, &w->ring, 0);
+	rc = io_uring_queue_init(up->queue_depth * 2, &w->ring, 0);
 	if (rc < 0)
 		return rc;
 	w->ring_ok = true;
