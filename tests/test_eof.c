@@ -78,7 +78,7 @@ static void test_region_past_end_of_file(void **state)
 			size_t n = length / page;
 			size_t data_units =
 				tu_round_up(SHORT_SIZE, page) / page;
-			struct upager_stats st = tu_stats(m.up, m.base);
+			struct upager_stats st = tu_stats_settled(m.up, m.base);
 			tu_print_stats("region", &st);
 			assert_int_equal(st.pages_installed, n);
 			assert_int_equal(st.zero_pages, n - data_units);
@@ -97,7 +97,7 @@ static void test_region_entirely_past_end(void **state)
 		struct mapped m = map_file(short_path(), 0, SHORT_SIZE + 12345,
 					   length, page);
 		assert_true(tu_check(&m.ref, m.base, 0, 3 * page));
-		struct upager_stats st = tu_stats(m.up, m.base);
+		struct upager_stats st = tu_stats_settled(m.up, m.base);
 		assert_int_equal(st.zero_pages, 3);
 		assert_int_equal(st.pages_installed, 3);
 		assert_int_equal(st.bytes_fetched, 0);
@@ -118,7 +118,7 @@ static void test_region_straddling_end(void **state)
 			assert_int_equal(m.base[b],
 					 tu_byte(SHORT_SIZE - 100 + b));
 		assert_int_equal(m.base[100], 0);
-		struct upager_stats st = tu_stats(m.up, m.base);
+		struct upager_stats st = tu_stats_settled(m.up, m.base);
 		assert_int_equal(st.zero_pages, 0);
 		assert_int_equal(st.pages_installed, 1);
 		assert_true(st.bytes_fetched >= 100);
@@ -185,7 +185,7 @@ static void test_sparse_file_reads_holes_as_zeros(void **state)
 		for (size_t k = 0; k < NISLANDS; k++)
 			assert_int_equal(m.base[islands[k].off],
 					 tu_byte(islands[k].off));
-		struct upager_stats st = tu_stats(m.up, m.base);
+		struct upager_stats st = tu_stats_settled(m.up, m.base);
 		tu_print_stats("region", &st);
 		size_t span = tu_round_up(length, page);
 		size_t n = span / page;
@@ -202,7 +202,7 @@ static void test_sparse_file_reads_holes_as_zeros(void **state)
 	uint64_t off = 4097;
 	struct mapped m = map_file(path, 0, off, SPARSE_SIZE, 4 * TU_KIB);
 	assert_true(tu_check(&m.ref, m.base, 0, SPARSE_SIZE));
-	struct upager_stats st = tu_stats(m.up, m.base);
+	struct upager_stats st = tu_stats_settled(m.up, m.base);
 	assert_int_equal(st.zero_pages, hole_units(off, SPARSE_SIZE, 4096));
 	unmap_file(&m);
 }
@@ -247,7 +247,7 @@ static void test_partial_last_unit_has_zeros_past_length(void **state)
 		assert_true(tu_check(&m.ref, m.base, last, page));
 		assert_int_equal(m.base[span - 1], 0);
 
-		struct upager_stats st = tu_stats(m.up, m.base);
+		struct upager_stats st = tu_stats_settled(m.up, m.base);
 		assert_int_equal(st.zero_pages, 0);
 		unmap_file(&m);
 	}

@@ -110,7 +110,7 @@ static void test_child_touching_region_gets_sigsegv(void **state)
 		/* The parent's view did not change. */
 		base[8192] ^= 0xff;
 		assert_true(tu_check(&ref, base, 0, REGION_LEN));
-		struct upager_stats st = tu_stats(up, base);
+		struct upager_stats st = tu_stats_settled(up, base);
 		assert_int_equal(st.pages_installed, REGION_LEN / page);
 		assert_int_equal(st.read_errors, 0);
 		close(fd);

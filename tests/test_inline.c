@@ -47,7 +47,7 @@ static void test_inline_read_threads(void **state)
 		/* Random order from 4 threads, then every byte again. */
 		tu_scan_units(&ref, a, page, nunits, 4, true, page);
 		assert_true(tu_check(&ref, a, 0, FILE_LEN));
-		struct upager_stats st = tu_stats(up, a);
+		struct upager_stats st = tu_stats_settled(up, a);
 		tu_print_stats("inline", &st);
 		assert_true(st.faults >= 1);
 		assert_int_equal(st.pages_installed, nunits);
@@ -282,7 +282,8 @@ static void test_inline_two_runtimes(void **state)
 	assert_true(tu_check(&ref, a2, 0, TU_MIB / 2));
 	upager_destroy(u1);
 	assert_true(tu_check(&ref, a2, 0, TU_MIB));
-	assert_int_equal(tu_stats(u2, a2).pages_installed, TU_MIB / (64 * TU_KIB));
+	assert_int_equal(tu_stats_settled(u2, a2).pages_installed,
+			 TU_MIB / (64 * TU_KIB));
 	upager_destroy(u2);
 	close(fd);
 }

@@ -1120,7 +1120,7 @@ static void test_runtime_inline_threads(void **state)
 		size_t nunits = tu_round_up(size, pages[k]) / pages[k];
 		tu_scan_units(&ref, a, pages[k], nunits, 4, true, pages[k]);
 		expect_same(a, shadow, size, 0, "inline region");
-		struct upager_stats st = tu_stats(up, a);
+		struct upager_stats st = tu_stats_settled(up, a);
 		tu_print_stats("inline lz4", &st);
 		assert_true(st.faults >= 1);
 		assert_int_equal(st.pages_installed, nunits);
