@@ -379,42 +379,13 @@ static enum outcome fetch(struct upager__region *r, size_t u, bool write,
 	return rc == -ECANCELED ? SERVED : FAILED;
 }
 
-/* Makes the clean units in (u, u + win] of r dirty and writable, each run
- * of them with one un-protect: the inline side of a write stream (the
- * manager's is unprotect_ahead in readahead.c). Units that are not PRESENT
- * and clean are left as they are: dirty ones are writable already, and any
- * other may be changing hands (an install, an eviction), so a run stops
- * there. Returns the last unit made writable, or u. */
-static size_t write_ahead(struct upager__region *r, size_t u, size_t win)
-{
-	size_t last = u;
-	for (size_t v = u + 1; v <= u + win;) {
-		if (!hold_clean(r, v)) {
-			v++;
-			continue;
-		}
-		size_t w = v + 1;
-		while (w <= u + win && hold_clean(r, w))
-			w++;
-		upager__uffd_unprotect_nowake(r->sp->uffd,
-					      region_base(r) +
-						      (v << r->page_shift),
-					      (w - v) << r->page_shift);
-		for (size_t q = v; q < w; q++)
-			release_dirty(r, q);
-		last = w - 1;
-		v = w;
-	}
-	return last;
-}
-
 /* A write to a write-protected unit: dirty and writable, as the
  * manager's on_wp_fault does for a thread waiting in the kernel. On a
  * stream, the clean units of the write window after it go with it
- * (write_ahead()): a writer going through resident clean units then takes
- * about one signal a window, not one a unit. What it does not write of
- * them is written back all the same (at most a window, a quarter of the
- * budget at most). */
+ * (upager__unprotect_clean(), as for the manager's write streams): a
+ * writer going through resident clean units then takes about one signal
+ * a window, not one a unit. What it does not write of them is written
+ * back all the same (at most a window, a quarter of the budget at most). */
 static enum outcome wp_fault(struct upager__region *r, size_t u)
 {
 	enum wp_claim c = wp_claim(r, u);
@@ -424,14 +395,14 @@ static enum outcome wp_fault(struct upager__region *r, size_t u)
 		return SERVED; /* fault again */
 	uintptr_t ua = region_base(r) + (u << r->page_shift);
 	upager__uffd_unprotect_nowake(r->sp->uffd, ua, r->page_size);
-	if (c == WP_HELD)
-		release_dirty(r, u);
 	if (c != WP_HELD)
 		return SERVED;
-	size_t last = u;
+	release_dirty(r, u);
+	size_t end = u + 1;
 	if (on_stream(r, u))
-		last = write_ahead(r, u, upager__write_window(r, u));
-	__atomic_store_n(&r->last_fault, last, __ATOMIC_RELAXED);
+		end = upager__unprotect_clean(r, u + 1,
+					      u + 1 + upager__write_window(r, u));
+	__atomic_store_n(&r->last_fault, end - 1, __ATOMIC_RELAXED);
 	return SERVED;
 }
 

@@ -410,6 +410,15 @@ size_t upager__prefetch(upager_t *up, struct upager__region *r, size_t first,
  * may be marked dirty before they are written (a write-back of any other
  * would make the file longer). Async-signal-safe. */
 size_t upager__stored_units(const struct upager__region *r) UPAGER__HIDDEN;
+/* Makes the PRESENT clean units in [a, b) of r dirty and writable: each
+ * held (hold_clean), a run of adjacent ones un-protected with one ioctl,
+ * then PRESENT and counted dirty. Units in any other state are left
+ * alone: a unit another thread owns may be protected on purpose (a flush
+ * copying it out, an eviction), and an un-protect over it would let a
+ * write go unseen. Returns the end of the last run made writable, or a.
+ * Async-signal-safe. */
+size_t upager__unprotect_clean(struct upager__region *r, size_t a,
+			       size_t b) UPAGER__HIDDEN;
 /* How many units after unit u a write stream of r may make dirty and
  * writable ahead of the writer: the readahead window (at most a quarter
  * of the budget), within the store; 0 without write-back. For the inline

@@ -211,21 +211,10 @@ static void queue_span(upager_t *up, struct upager__region *r, size_t a,
 		prefetch_run(up, r, w, b - w, false, false, true);
 }
 
-/* A write stream's window [a, b) holds units installed clean (read
- * before, or written back by a flush): write-protected, each would cost
- * the writer a write-protect fault, a round trip through this thread,
- * when it gets there. Un-protect them now, as the write fault would:
- * held (hold_clean), un-protected a run of adjacent ones per ioctl, then
- * PRESENT and dirty. Units in any other state are left alone: a unit
- * another thread owns may be protected on purpose (a flush copying it
- * out), and an unprotect over it would let a write go unseen. */
-static void unprotect_ahead(struct upager__space *sp, struct upager__region *r,
-			    size_t a, size_t b)
+size_t upager__unprotect_clean(struct upager__region *r, size_t a, size_t b)
 {
-	size_t lo = a > r->wp_next ? a : r->wp_next;
-	if (r->wp_next > b)
-		lo = a; /* an earlier pass's, as ra_next in fault_readahead */
-	for (size_t v = lo; v < b;) {
+	size_t end = a;
+	for (size_t v = a; v < b;) {
 		if (!hold_clean(r, v)) {
 			v++;
 			continue;
@@ -233,13 +222,29 @@ static void unprotect_ahead(struct upager__space *sp, struct upager__region *r,
 		size_t w = v + 1;
 		while (w < b && hold_clean(r, w))
 			w++;
-		upager__uffd_unprotect_nowake(sp->uffd,
-					      r->base + (v << r->page_shift),
+		upager__uffd_unprotect_nowake(r->sp->uffd,
+					      region_base(r) +
+						      (v << r->page_shift),
 					      (w - v) << r->page_shift);
 		for (size_t q = v; q < w; q++)
 			release_dirty(r, q);
+		end = w;
 		v = w;
 	}
+	return end;
+}
+
+/* A write stream's window [a, b) holds units installed clean (read
+ * before, or written back by a flush): write-protected, each would cost
+ * the writer a write-protect fault, a round trip through this thread,
+ * when it gets there. Un-protect them now, as the write fault would
+ * (upager__unprotect_clean()), from where the last window left off. */
+static void unprotect_ahead(struct upager__region *r, size_t a, size_t b)
+{
+	size_t lo = a > r->wp_next ? a : r->wp_next;
+	if (r->wp_next > b)
+		lo = a; /* an earlier pass's, as ra_next in fault_readahead */
+	upager__unprotect_clean(r, lo, b);
 	r->wp_next = b;
 }
 
@@ -287,7 +292,7 @@ size_t upager__fault_readahead(upager_t *up, struct upager__region *r,
 		if (wend > lim)
 			wend = lim > u + 1 ? lim : u + 1;
 		if (r->wp)
-			unprotect_ahead(r->sp, r, u + 1, wend);
+			unprotect_ahead(r, u + 1, wend);
 	}
 	size_t end = fold_end(r, win, u + 1 + win);
 	/* The window queued so far ends beyond this one: it was an earlier
@@ -304,17 +309,6 @@ size_t upager__fault_readahead(upager_t *up, struct upager__region *r,
 	return wend;
 }
 
-/* Readahead for a read stream served by inline faults (inline.c), which
- * this thread never hears of: @next is the first unit after what the
- * fault reads itself. Once less than half a window is left queued ahead
- * of @next, queues for the workers from the end of what inline readahead
- * queued before (from @next after a jump, or on an earlier pass's) to one
- * window past @next, leaving out the unit halfway (queue_window): the
- * reader faults there and queues the next stretch while half of this one
- * is still ahead. Threads race for a stretch with one
- * compare-and-swap; the loser queues nothing. Called in the SIGBUS
- * handler: prefetch_run without waiting for room takes only the queue
- * lock, which no thread holds while it touches region memory. */
 size_t upager__write_window(const struct upager__region *r, size_t u)
 {
 	if (!r->writeback)
@@ -326,6 +320,17 @@ size_t upager__write_window(const struct upager__region *r, size_t u)
 	return win < lim - u - 1 ? win : lim - u - 1;
 }
 
+/* Readahead for a read stream served by inline faults (inline.c), which
+ * this thread never hears of: @next is the first unit after what the
+ * fault reads itself. Once less than half a window is left queued ahead
+ * of @next, queues for the workers from the end of what inline readahead
+ * queued before (from @next after a jump, or on an earlier pass's) to one
+ * window past @next, leaving out the unit halfway (queue_window): the
+ * reader faults there and queues the next stretch while half of this one
+ * is still ahead. Threads race for a stretch with one
+ * compare-and-swap; the loser queues nothing. Called in the SIGBUS
+ * handler: prefetch_run without waiting for room takes only the queue
+ * lock, which no thread holds while it touches region memory. */
 void upager__inline_readahead(upager_t *up, struct upager__region *r,
 			      size_t next)
 {

@@ -1399,7 +1399,7 @@ static void test_seq_write_window(void **state)
 
 /* The same with faults served in the faulting thread (UPAGER_CFG_INLINE):
  * its write-protect faults make the window writable too (inline.c
- * write_ahead(); one fault a unit before). */
+ * wp_fault(); one fault a unit before). */
 static void test_seq_write_window_inline(void **state)
 {
 	(void)state;
